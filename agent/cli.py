@@ -1,0 +1,334 @@
+"""`agentctl`: parses arguments, calls the library, formats output, maps errors to exit codes.
+
+No policy and no SQL here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from agent import __version__, health, logs
+from agent.config import Settings, default_config_path, load_settings
+from agent.errors import ConfigError, StateError, TransferError
+from agent.ingest import Ingest, plan_sync
+from agent.sessions import SESSION_STATES
+from agent.state import SessionRecord, State
+from agent.transfer import store_from_settings
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_CONFIG = 2
+
+
+def iso(timestamp: float | None) -> str | None:
+    """Epoch seconds → ISO 8601 UTC (None stays None)."""
+    if timestamp is None:
+        return None
+    moment = datetime.fromtimestamp(timestamp, UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def human_bytes(size: float) -> str:
+    """1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(size) < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
+
+
+def session_json(record: SessionRecord) -> dict[str, Any]:
+    """The contract's fields for one session, plus a few more."""
+    return {
+        "id": record.id,
+        "source": record.source,
+        "path": record.path,
+        "state": record.state,
+        "files": record.files,
+        "bytes": record.bytes,
+        "uploaded_bytes": record.uploaded_bytes,
+        "key_prefix": record.key_prefix,
+        "manifest_key": record.manifest_key,
+        "manifest_revision": record.manifest_revision,
+        "detected_at": iso(record.detected_at),
+        "completed_at": iso(record.completed_at),
+        "uploaded_at": iso(record.uploaded_at),
+        "error": record.error,
+        "reason": record.reason,
+        "attempts": record.attempts,
+        "next_attempt_at": iso(record.next_attempt_at),
+        "local_missing": record.local_missing,
+        "metadata": record.metadata,
+    }
+
+
+def _print_config_error(error: ConfigError) -> None:
+    print(f"configuration invalid ({len(error.problems)} problem(s)):", file=sys.stderr)
+    for problem in error.problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+def _settings(arguments: argparse.Namespace) -> Settings:
+    return load_settings(Path(arguments.config))
+
+
+# --- commands -----------------------------------------------------------------------------
+
+
+def cmd_check_config(arguments: argparse.Namespace) -> int:
+    """Validate the config; print every problem."""
+    settings = _settings(arguments)
+    if arguments.json:
+        print(json.dumps({"valid": True, "sources": [s.name for s in settings.sources]}))
+    else:
+        print(f"{settings.config_path}: valid; {len(settings.sources)} source(s): "
+              + ", ".join(f"{s.name} ({s.path})" for s in settings.sources))
+    return EXIT_OK
+
+
+def cmd_run(arguments: argparse.Namespace) -> int:
+    """The daemon, in the foreground."""
+    from agent.service import Daemon
+
+    settings = _settings(arguments)
+    logs.configure(settings.agent.log_level)
+    daemon = Daemon(settings)
+    daemon.install_signal_handlers()
+    return daemon.run()
+
+
+def cmd_sync(arguments: argparse.Namespace) -> int:
+    """One pass: scan, upload what is ready, summarise."""
+    settings = _settings(arguments)
+    logs.configure(settings.agent.log_level)
+    if arguments.dry_run:
+        return _sync_dry_run(settings, arguments.json)
+    state = State.open(settings.state_db_path)
+    try:
+        heartbeat = state.heartbeat()
+        now = time.time()
+        if (heartbeat is not None and heartbeat.stopped_at is None
+                and now - heartbeat.beat_at < settings.agent.heartbeat_stale):
+            print(f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
+                  "stop it before running sync", file=sys.stderr)
+            return EXIT_FAILED
+        store = store_from_settings(settings.destination, settings.upload)
+        ingest = Ingest(settings, state, store)
+        ingest.recover()
+        started = time.monotonic()
+        ingest.reconcile()
+        files = size = 0
+        failed: list[str] = []
+        uploaded: list[str] = []
+        for record in ingest.due_sessions():
+            outcome = ingest.upload(record)
+            files += outcome.files_sent
+            size += outcome.bytes_sent
+            if outcome.complete:
+                uploaded.append(record.id)
+            else:
+                failed.append(record.id)
+        waiting = len(state.sessions_in(("waiting",)))
+        seconds = max(time.monotonic() - started, 1e-6)
+    finally:
+        state.close()
+    summary = {
+        "sessions_uploaded": len(uploaded), "sessions_failed": len(failed),
+        "sessions_waiting": waiting, "files": files, "bytes": size,
+        "seconds": round(seconds, 3), "mb_per_s": round(size / seconds / 1e6, 2),
+        "files_per_s": round(files / seconds, 2), "failed": failed,
+    }
+    if arguments.json:
+        print(json.dumps(summary))
+    else:
+        print(f"uploaded {len(uploaded)} session(s), {files} file(s), {human_bytes(size)} in "
+              f"{seconds:.1f}s ({summary['mb_per_s']} MB/s, {summary['files_per_s']} files/s); "
+              f"{waiting} session(s) still waiting; {len(failed)} failed")
+        for session_id in failed:
+            print(f"  failed: {session_id}")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _sync_dry_run(settings: Settings, as_json: bool) -> int:
+    # The database is only read, and only if it exists: a dry run creates nothing.
+    state: State | None = None
+    if settings.state_db_path.exists():
+        state = State.open(settings.state_db_path, create=False)
+    try:
+        planned = plan_sync(settings, state, time.time())
+    finally:
+        if state is not None:
+            state.close()
+    rows = [
+        {"id": p.record.id, "ready": p.verdict.ready, "reason": p.verdict.reason,
+         "files": p.files, "bytes": p.bytes, "key_prefix": p.record.key_prefix,
+         "keys": list(p.keys)}
+        for p in planned
+    ]
+    if as_json:
+        print(json.dumps(rows))
+        return EXIT_OK
+    ready = [row for row in rows if row["ready"] and row["files"]]
+    print(f"dry run: {len(ready)} session(s) would be uploaded, "
+          f"{sum(int(r['files']) for r in ready)} file(s), "
+          f"{human_bytes(sum(int(r['bytes']) for r in ready))}")
+    for row in rows:
+        verdict = "ready" if row["ready"] else f"not ready ({row['reason']})"
+        print(f"  {row['id']}: {row['files']} file(s), {human_bytes(int(row['bytes']))} -> "
+              f"s3://{settings.destination.bucket}/{row['key_prefix']}/  [{verdict}]")
+        for key in list(row["keys"])[:5] if row["ready"] else []:
+            print(f"      {key}")
+        if row["ready"] and len(row["keys"]) > 5:
+            print(f"      ... and {len(row['keys']) - 5} more")
+    return EXIT_OK
+
+
+def cmd_status(arguments: argparse.Namespace) -> int:
+    """Health, with Nagios exit codes."""
+    try:
+        settings = _settings(arguments)
+        state = State.open(settings.state_db_path, create=False)
+    except (ConfigError, StateError) as error:
+        message = str(error).replace("\n", "; ")
+        if arguments.json:
+            print(json.dumps({"state": "unknown", "summary": message, "daemon": {
+                "running": False, "pid": None, "heartbeat_age_s": None},
+                "sessions": dict.fromkeys(SESSION_STATES, 0),
+                "backlog": {"files": 0, "bytes": 0}, "last_error": message}))
+        else:
+            print(f"UNKNOWN - {message}")
+        return health.UNKNOWN
+    try:
+        heartbeat = state.heartbeat()
+        counts = state.session_counts()
+        files, size = state.backlog()
+        last_error = state.last_error()
+    finally:
+        state.close()
+    verdict = health.assess(heartbeat, counts, files, last_error, time.time(),
+                            settings.agent.heartbeat_stale)
+    if arguments.json:
+        print(json.dumps({
+            "state": verdict.name,
+            "summary": verdict.summary,
+            "daemon": {
+                "running": verdict.daemon_running,
+                "pid": heartbeat.pid if heartbeat else None,
+                "heartbeat_age_s": round(verdict.heartbeat_age, 1)
+                if verdict.heartbeat_age is not None else None,
+                "status": heartbeat.status if heartbeat else None,
+            },
+            "sessions": {name: counts.get(name, 0) for name in SESSION_STATES},
+            "backlog": {"files": files, "bytes": size},
+            "last_error": f"{last_error[0]}: {last_error[1]}" if last_error else None,
+        }))
+    else:
+        print(f"{verdict.name.upper()} - {verdict.summary}")
+        print("sessions: " + ", ".join(f"{counts.get(n, 0)} {n}" for n in SESSION_STATES))
+        print(f"backlog: {files} file(s), {human_bytes(size)}")
+        if heartbeat is not None:
+            print(f"daemon: pid {heartbeat.pid} on {heartbeat.hostname}, last heartbeat "
+                  f"{iso(heartbeat.beat_at)}: {heartbeat.status}")
+    return verdict.code
+
+
+def cmd_sessions(arguments: argparse.Namespace) -> int:
+    """One row per session."""
+    settings = _settings(arguments)
+    try:
+        state = State.open(settings.state_db_path, create=False)
+    except StateError:
+        records: list[SessionRecord] = []
+    else:
+        try:
+            records = state.list_sessions(arguments.state)
+        finally:
+            state.close()
+    if arguments.json:
+        print(json.dumps([session_json(record) for record in records], indent=None))
+        return EXIT_OK
+    if not records:
+        print("no sessions yet")
+        return EXIT_OK
+    width = max(len(record.id) for record in records)
+    print(f"{'SESSION':<{width}}  {'STATE':<9}  {'FILES':>6}  {'SIZE':>10}  {'DONE':>5}  NOTE")
+    for record in records:
+        done = 100 * record.uploaded_bytes / record.bytes if record.bytes else 100.0
+        note = record.error or record.reason or (record.manifest_key or "")
+        if record.local_missing:
+            note = "local directory gone; " + note
+        print(f"{record.id:<{width}}  {record.state:<9}  {record.files:>6}  "
+              f"{human_bytes(record.bytes):>10}  {done:>4.0f}%  {note}")
+    return EXIT_OK
+
+
+def cmd_demo(arguments: argparse.Namespace) -> int:
+    """The zero-setup demonstration."""
+    from agent.demo import run_demo
+
+    return run_demo(sessions=arguments.sessions, keep_running=arguments.keep_running)
+
+
+# --- parsing ------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser for every command."""
+    parser = argparse.ArgumentParser(
+        prog="agentctl",
+        description="Upload finished acquisition sessions from instrument folders to S3.",
+    )
+    parser.add_argument("--version", action="version", version=f"ingest-agent {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=str(default_config_path()),
+        help="config file (default: $AGENT_CONFIG or /etc/ingest-agent/config.toml)",
+    )
+    common.add_argument("--json", action="store_true", help="print JSON")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=text, description=text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    add("run", cmd_run, "run the daemon in the foreground (what systemd starts)")
+    sync = add("sync", cmd_sync, "one pass: upload every session that is complete, then exit")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="print what would be uploaded and where; touch neither S3 nor the database")
+    add("status", cmd_status, "health for humans and monitoring (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
+    sessions = add("sessions", cmd_sessions, "one row per session")
+    sessions.add_argument("--state", choices=SESSION_STATES, help="only sessions in this state")
+    add("check-config", cmd_check_config, "validate the config, printing every problem")
+    demo = add("demo", cmd_demo, "demonstration: local S3 server, simulated instrument, live agent")
+    demo.add_argument("--sessions", type=int, default=3, help="how many sessions to simulate")
+    demo.add_argument("--keep-running", action="store_true",
+                      help="keep running after the simulated sessions are uploaded, until Ctrl-C")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `agentctl`; returns the exit code."""
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    try:
+        code: int = arguments.handler(arguments)
+    except ConfigError as error:
+        _print_config_error(error)
+        return health.UNKNOWN if arguments.command == "status" else EXIT_CONFIG
+    except StateError as error:
+        print(f"state database: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except TransferError as error:
+        print(f"S3: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_FAILED
+    return code

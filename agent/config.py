@@ -1,0 +1,467 @@
+"""Configuration: TOML read once into frozen dataclasses, every problem reported together.
+
+Given a path, `load_settings` returns `Settings` or raises `ConfigError` listing every
+problem found (file, key, what is wrong, what is allowed). Nothing here creates files or
+directories: a bad configuration leaves no trace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agent.errors import ConfigError, ConfigProblem
+
+DEFAULT_CONFIG_PATH = "/etc/ingest-agent/config.toml"
+DEFAULT_STATE_DIR = "/var/lib/ingest-agent"
+DEFAULT_EXCLUDES = ("*.tmp", "*.part", "~$*", ".DS_Store", "Thumbs.db")
+CHECKSUM_ALGORITHMS = ("crc32c", "crc32", "sha256")
+WATCH_MODES = ("auto", "inotify", "poll", "off")
+CONDITIONAL_WRITE_MODES = ("auto", "on", "off")
+MIN_PART_SIZE = 5 * 1024**2
+MAX_PART_SIZE = 5 * 1024**3
+_NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+_DURATION_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+_SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    """The `[agent]` table."""
+
+    name: str
+    state_dir: Path
+    log_level: str = "info"
+    rescan_interval: float = 300.0
+    heartbeat_interval: float = 5.0
+    heartbeat_stale: float = 60.0
+
+
+@dataclass(frozen=True)
+class DestinationSettings:
+    """The `[destination]` table: where sessions go and how objects are written."""
+
+    bucket: str
+    prefix: str = ""
+    endpoint_url: str | None = None
+    region: str | None = None
+    profile: str | None = None
+    checksum: str = "crc32c"
+    server_checksums: bool = True
+    conditional_writes: str = "auto"
+    storage_class: str | None = None
+    acl: str | None = None
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    """The `[upload]` table: how hard the agent may push the network and memory."""
+
+    concurrency: int = 4
+    part_size: int = 16 * 1024**2
+    multipart_threshold: int = 16 * 1024**2
+    max_bandwidth: int = 0
+    max_memory: int = 256 * 1024**2
+    retries: int = 5
+    retry_delay: float = 1.0
+    failed_retry_delay: float = 300.0
+    connect_timeout: float = 10.0
+    read_timeout: float = 120.0
+
+
+@dataclass(frozen=True)
+class SourceSettings:
+    """One `[[source]]` table: an instrument folder and its session rule."""
+
+    name: str
+    path: Path
+    session_depth: int = 2
+    quiet_period: float = 300.0
+    marker: str | None = None
+    required: tuple[str, ...] = ()
+    min_age: float = 0.0
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDES
+    watch: str = "auto"
+    poll_interval: float = 30.0
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the agent needs, validated once."""
+
+    config_path: Path
+    agent: AgentSettings
+    destination: DestinationSettings
+    upload: UploadSettings
+    sources: tuple[SourceSettings, ...]
+
+    @property
+    def state_db_path(self) -> Path:
+        """The SQLite file holding the agent's durable state."""
+        return self.agent.state_dir / "state.db"
+
+    def source(self, name: str) -> SourceSettings:
+        """Return the source called `name`. Raise KeyError if there is none."""
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(name)
+
+
+def parse_duration(value: object) -> float:
+    """Given int/float seconds or a string like "90s", "5m", "1h", return seconds.
+
+    Raise ValueError with what is allowed otherwise.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected seconds or a string such as \"90s\", \"5m\", \"1h\"")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        match = _DURATION_PATTERN.match(value)
+        if match:
+            return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+    raise ValueError(
+        f"{value!r} is not a duration; use integer seconds or a number followed by "
+        "s, m or h, e.g. 90, \"90s\", \"5m\", \"1h\""
+    )
+
+
+def parse_size(value: object) -> int:
+    """Given integer bytes or a string like "16MiB", "5 GB", return bytes.
+
+    Raise ValueError with what is allowed otherwise.
+    """
+    if isinstance(value, bool):
+        raise ValueError("expected bytes or a string such as \"16MiB\"")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return value
+    if isinstance(value, str):
+        match = _SIZE_PATTERN.match(value)
+        if match:
+            return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
+    raise ValueError(
+        f"{value!r} is not a size; use integer bytes or a number followed by "
+        "KiB, MiB, GiB (or KB, MB, GB), e.g. \"16MiB\""
+    )
+
+
+T = TypeVar("T")
+
+
+class _Table:
+    """Reads typed keys out of one TOML table, collecting problems instead of raising."""
+
+    def __init__(
+        self, data: Mapping[str, Any], where: str, file: str, problems: list[ConfigProblem]
+    ) -> None:
+        self.data = dict(data)
+        self.where = where
+        self.file = file
+        self.problems = problems
+        self.seen: set[str] = set()
+
+    def _key(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append(ConfigProblem(self.file, self._key(key), message))
+
+    def get(self, key: str, convert: Callable[[Any], T], default: T) -> T:
+        """Return the converted value of `key`, or `default` when absent or invalid."""
+        self.seen.add(key)
+        if key not in self.data:
+            return default
+        try:
+            return convert(self.data[key])
+        except (TypeError, ValueError) as error:
+            self.problem(key, str(error))
+            return default
+
+    def require(self, key: str, convert: Callable[[Any], T], default: T) -> T:
+        """Like `get`, but a missing key is a problem."""
+        if key not in self.data:
+            self.seen.add(key)
+            self.problem(key, "is required")
+            return default
+        return self.get(key, convert, default)
+
+    def finish(self) -> None:
+        """Report every key that was present but not understood."""
+        for key in self.data:
+            if key not in self.seen:
+                allowed = ", ".join(sorted(self.seen))
+                self.problem(key, f"unknown key; allowed here: {allowed}")
+
+
+def _string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _nonempty_string(value: Any) -> str:
+    text = _string(value)
+    if not text.strip():
+        raise ValueError("must not be empty")
+    return text
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if value < minimum or (maximum is not None and value > maximum):
+            upper = f" and at most {maximum}" if maximum is not None else ""
+            raise ValueError(f"must be at least {minimum}{upper}, got {value}")
+        return value
+
+    return convert
+
+
+def _choice(choices: tuple[str, ...]) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        text = _string(value).lower()
+        if text not in choices:
+            raise ValueError(f"{value!r} is not one of: {', '.join(choices)}")
+        return text
+
+    return convert
+
+
+def _string_list(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise ValueError(f"expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _string_table(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, dict) or not all(
+        isinstance(key, str) and isinstance(item, str) for key, item in value.items()
+    ):
+        raise ValueError("expected a table of string values, e.g. { project = \"v1\" }")
+    return dict(value)
+
+
+def _size_between(minimum: int, maximum: int) -> Callable[[Any], int]:
+    def convert(value: Any) -> int:
+        size = parse_size(value)
+        if not minimum <= size <= maximum:
+            raise ValueError(f"must be between {minimum} and {maximum} bytes, got {size}")
+        return size
+
+    return convert
+
+
+def _prefix(value: Any) -> str:
+    text = _string(value).strip("/")
+    if any(part in ("", ".", "..") for part in text.split("/")) and text:
+        raise ValueError(f"{value!r} has an empty, '.' or '..' segment")
+    return text
+
+
+def _source_name(value: Any) -> str:
+    text = _string(value)
+    if not _NAME_PATTERN.match(text):
+        raise ValueError(
+            f"{value!r} must start with a letter or digit and hold only letters, digits, "
+            "'.', '_' and '-' (it becomes part of object keys)"
+        )
+    return text
+
+
+def _read_agent(table: _Table) -> AgentSettings:
+    settings = AgentSettings(
+        name=table.get("name", _nonempty_string, socket.gethostname()),
+        state_dir=Path(table.get("state_dir", _nonempty_string, DEFAULT_STATE_DIR)),
+        log_level=table.get(
+            "log_level", _choice(("debug", "info", "warning", "error")), "info"
+        ),
+        rescan_interval=table.get("rescan_interval", parse_duration, 300.0),
+        heartbeat_interval=table.get("heartbeat_interval", parse_duration, 5.0),
+        heartbeat_stale=table.get("heartbeat_stale", parse_duration, 60.0),
+    )
+    if settings.heartbeat_stale <= settings.heartbeat_interval:
+        table.problem("heartbeat_stale", "must be longer than heartbeat_interval")
+    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+        table.problem("state_dir", f"{settings.state_dir} exists and is not a directory")
+    table.finish()
+    return settings
+
+
+def _read_destination(table: _Table) -> DestinationSettings:
+    settings = DestinationSettings(
+        bucket=table.require("bucket", _nonempty_string, ""),
+        prefix=table.get("prefix", _prefix, ""),
+        endpoint_url=table.get("endpoint_url", _nonempty_string, None),
+        region=table.get("region", _nonempty_string, None),
+        profile=table.get("profile", _nonempty_string, None),
+        checksum=table.get("checksum", _choice(CHECKSUM_ALGORITHMS), "crc32c"),
+        server_checksums=table.get("server_checksums", _boolean, True),
+        conditional_writes=table.get(
+            "conditional_writes", _choice(CONDITIONAL_WRITE_MODES), "auto"
+        ),
+        storage_class=table.get("storage_class", _nonempty_string, None),
+        acl=table.get("acl", _nonempty_string, None),
+        metadata=table.get("metadata", _string_table, {}),
+    )
+    if settings.endpoint_url is not None and not re.match(
+        r"^https?://", settings.endpoint_url
+    ):
+        table.problem("endpoint_url", "must start with http:// or https://")
+    table.finish()
+    return settings
+
+
+def _read_upload(table: _Table) -> UploadSettings:
+    settings = UploadSettings(
+        concurrency=table.get("concurrency", _integer(1, 64), 4),
+        part_size=table.get("part_size", _size_between(MIN_PART_SIZE, MAX_PART_SIZE), 16 * 1024**2),
+        multipart_threshold=table.get(
+            "multipart_threshold", _size_between(MIN_PART_SIZE, MAX_PART_SIZE), 16 * 1024**2
+        ),
+        max_bandwidth=table.get("max_bandwidth", parse_size, 0),
+        max_memory=table.get("max_memory", parse_size, 256 * 1024**2),
+        retries=table.get("retries", _integer(0, 100), 5),
+        retry_delay=table.get("retry_delay", parse_duration, 1.0),
+        failed_retry_delay=table.get("failed_retry_delay", parse_duration, 300.0),
+        connect_timeout=table.get("connect_timeout", parse_duration, 10.0),
+        read_timeout=table.get("read_timeout", parse_duration, 120.0),
+    )
+    if settings.max_memory < settings.part_size:
+        table.problem(
+            "max_memory", f"must be at least part_size ({settings.part_size} bytes)"
+        )
+    table.finish()
+    return settings
+
+
+def _read_source(table: _Table) -> SourceSettings:
+    path_text = table.require("path", _nonempty_string, "")
+    settings = SourceSettings(
+        name=table.require("name", _source_name, ""),
+        path=Path(path_text),
+        session_depth=table.get("session_depth", _integer(1, 16), 2),
+        quiet_period=table.get("quiet_period", parse_duration, 300.0),
+        marker=table.get("marker", _nonempty_string, None),
+        required=table.get("required", _string_list, ()),
+        min_age=table.get("min_age", parse_duration, 0.0),
+        exclude=table.get("exclude", _string_list, DEFAULT_EXCLUDES),
+        watch=table.get("watch", _choice(WATCH_MODES), "auto"),
+        poll_interval=table.get("poll_interval", parse_duration, 30.0),
+        metadata=table.get("metadata", _string_table, {}),
+    )
+    if path_text:
+        if not settings.path.is_absolute():
+            table.problem("path", f"{path_text!r} must be an absolute path")
+        elif not settings.path.is_dir():
+            table.problem(
+                "path", f"{path_text} does not exist or is not a directory; create it or fix the path"
+            )
+        elif not os.access(settings.path, os.R_OK | os.X_OK):
+            table.problem("path", f"{path_text} is not readable by this user")
+    table.finish()
+    return settings
+
+
+def settings_from_mapping(data: Mapping[str, Any], file: str) -> Settings:
+    """Given parsed TOML, return validated `Settings`. Raise ConfigError with every problem."""
+    problems: list[ConfigProblem] = []
+    root = _Table(data, "", file, problems)
+
+    def table_at(key: str, required: bool) -> Mapping[str, Any]:
+        root.seen.add(key)
+        value = data.get(key)
+        if value is None:
+            if required:
+                problems.append(ConfigProblem(file, f"[{key}]", "table is required"))
+            return {}
+        if not isinstance(value, dict):
+            problems.append(ConfigProblem(file, key, "must be a table, e.g. [" + key + "]"))
+            return {}
+        return value
+
+    agent = _read_agent(_Table(table_at("agent", False), "agent", file, problems))
+    destination = _read_destination(
+        _Table(table_at("destination", True), "destination", file, problems)
+    )
+    upload = _read_upload(_Table(table_at("upload", False), "upload", file, problems))
+
+    root.seen.add("source")
+    raw_sources = data.get("source", [])
+    sources: list[SourceSettings] = []
+    if not isinstance(raw_sources, list) or not all(isinstance(s, dict) for s in raw_sources):
+        problems.append(ConfigProblem(file, "source", "must be written as [[source]] tables"))
+        raw_sources = []
+    if not raw_sources:
+        problems.append(ConfigProblem(file, "[[source]]", "at least one source is required"))
+    for index, raw in enumerate(raw_sources):
+        sources.append(_read_source(_Table(raw, f"source[{index}]", file, problems)))
+    names = [source.name for source in sources if source.name]
+    for name in sorted({name for name in names if names.count(name) > 1}):
+        problems.append(ConfigProblem(file, "source.name", f"{name!r} is used more than once"))
+    root.finish()
+
+    if problems:
+        raise ConfigError(problems)
+    return Settings(
+        config_path=Path(file),
+        agent=agent,
+        destination=destination,
+        upload=upload,
+        sources=tuple(sources),
+    )
+
+
+def default_config_path() -> Path:
+    """The config path used when --config is not given: $AGENT_CONFIG, else the default."""
+    return Path(os.environ.get("AGENT_CONFIG") or DEFAULT_CONFIG_PATH)
+
+
+def load_settings(path: Path) -> Settings:
+    """Given a TOML file path, return validated `Settings`. Raise ConfigError otherwise."""
+    try:
+        with path.open("rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(
+            [ConfigProblem(str(path), "-", "file not found; pass --config or set AGENT_CONFIG")]
+        ) from None
+    except PermissionError:
+        raise ConfigError(
+            [ConfigProblem(str(path), "-", "permission denied reading the file")]
+        ) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError([ConfigProblem(str(path), "-", f"not valid TOML: {error}")]) from None
+    return settings_from_mapping(data, str(path))

@@ -1,0 +1,63 @@
+"""Health assessment for `agentctl status`: pure, over what the state database says.
+
+Nagios plugin conventions: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agent.state import Heartbeat
+
+OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
+NAMES = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
+
+
+@dataclass(frozen=True)
+class Health:
+    """The verdict and the one line that explains it."""
+
+    code: int
+    summary: str
+    daemon_running: bool
+    heartbeat_age: float | None
+
+    @property
+    def name(self) -> str:
+        """ok, warning, critical or unknown."""
+        return NAMES[self.code]
+
+
+def assess(
+    heartbeat: Heartbeat | None,
+    counts: dict[str, int],
+    backlog_files: int,
+    last_error: tuple[str, str] | None,
+    now: float,
+    stale_after: float,
+) -> Health:
+    """Given the daemon's heartbeat, session counts, backlog and last error, return health.
+
+    CRITICAL: the daemon has stopped beating (crashed, hung or stopped). WARNING: some
+    sessions failed, or the daemon never ran. OK otherwise.
+    """
+    failed = counts.get("failed", 0)
+    age = None if heartbeat is None else max(0.0, now - heartbeat.beat_at)
+    running = heartbeat is not None and heartbeat.stopped_at is None and (age or 0) <= stale_after
+    waiting = f"{backlog_files} files waiting to upload"
+    if heartbeat is None:
+        return Health(WARNING, f"daemon has never run; {waiting}", False, None)
+    if heartbeat.stopped_at is not None:
+        return Health(CRITICAL, f"daemon stopped (pid {heartbeat.pid}); {waiting}", False, age)
+    if not running:
+        return Health(
+            CRITICAL,
+            f"daemon heartbeat is {age:.0f}s old (limit {stale_after:.0f}s): crashed or hung; "
+            f"{waiting}",
+            False,
+            age,
+        )
+    if failed:
+        detail = f": {last_error[0]}: {last_error[1]}" if last_error else ""
+        return Health(WARNING, f"{failed} session(s) failed{detail}", True, age)
+    return Health(OK, f"daemon running; {waiting}", True, age)

@@ -1,0 +1,145 @@
+"""Planning: object keys, multipart part layout, what is left to send, the manifest.
+
+Pure functions over plain data; no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MIN_PART_SIZE = 5 * 1024**2
+MAX_PART_SIZE = 5 * 1024**3
+MAX_PARTS = 10_000
+MAX_OBJECT_SIZE = 5 * 1024**4
+MANIFEST_NAME = "ingest-manifest.json"
+MANIFEST_FORMAT = "ingest-agent/manifest/1"
+
+
+@dataclass(frozen=True)
+class Part:
+    """One part of a multipart upload: 1-based number, byte offset and length."""
+
+    number: int
+    offset: int
+    length: int
+
+
+def join_key(*segments: str) -> str:
+    """Join key segments with '/', dropping empty ones and stray slashes."""
+    return "/".join(segment.strip("/") for segment in segments if segment.strip("/"))
+
+
+def session_key_prefix(prefix: str, source_name: str, session_rel_path: str) -> str:
+    """`{prefix}/{source}/{session path}`, an empty prefix dropping its segment."""
+    return join_key(prefix, source_name, session_rel_path)
+
+
+def object_key(session_prefix: str, file_rel_path: str) -> str:
+    """The key of one file of a session."""
+    return join_key(session_prefix, file_rel_path)
+
+
+def manifest_key(session_prefix: str) -> str:
+    """The key of a session's manifest."""
+    return join_key(session_prefix, MANIFEST_NAME)
+
+
+def part_size_for(size: int, preferred: int) -> int:
+    """Given a file size and the configured part size, return the part size to use:
+    the preferred one unless the file would need more than 10,000 parts, then the smallest
+    whole MiB that fits. Raise ValueError for files S3 cannot hold (over 5 TiB)."""
+    if size > MAX_OBJECT_SIZE:
+        raise ValueError(f"{size} bytes is larger than the 5 TiB S3 object limit")
+    needed = math.ceil(size / MAX_PARTS)
+    mebibyte = 1024**2
+    needed = math.ceil(needed / mebibyte) * mebibyte
+    return min(MAX_PART_SIZE, max(MIN_PART_SIZE, preferred, needed))
+
+
+def plan_parts(size: int, part_size: int) -> list[Part]:
+    """Split `size` bytes into parts of `part_size` (the last may be smaller).
+    A zero-byte file still has one (empty) part."""
+    if size == 0:
+        return [Part(1, 0, 0)]
+    count = math.ceil(size / part_size)
+    return [
+        Part(number, (number - 1) * part_size, min(part_size, size - (number - 1) * part_size))
+        for number in range(1, count + 1)
+    ]
+
+
+def multipart_etag(part_etags: Iterable[str]) -> str:
+    """The ETag S3-compatible servers give a multipart object: md5 of the parts' binary md5s,
+    then '-' and the part count. Lets the agent recognise its own objects without checksums
+    support on the server."""
+    digests = [bytes.fromhex(etag.strip('"')) for etag in part_etags]
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324
+
+
+def needs_upload(
+    size: int, mtime_ns: int, uploaded: tuple[int, int] | None
+) -> bool:
+    """A file needs sending unless it was uploaded with the same size and mtime."""
+    return uploaded is None or uploaded != (size, mtime_ns)
+
+
+def build_manifest(
+    *,
+    session: Mapping[str, Any],
+    files: Iterable[Mapping[str, Any]],
+    agent_name: str,
+    agent_version: str,
+    revision: int,
+    written_at: str,
+) -> dict[str, Any]:
+    """Given a session row and its uploaded file rows, return the manifest document."""
+    entries = [
+        {
+            "path": row["rel_path"],
+            "key": row["key"],
+            "size": row["size"],
+            "mtime_ns": row["mtime_ns"],
+            "checksum": {"algorithm": row["checksum_algorithm"], "value": row["checksum"]},
+            "etag": row["etag"],
+        }
+        for row in sorted(files, key=lambda row: str(row["rel_path"]))
+    ]
+    return {
+        "format": MANIFEST_FORMAT,
+        "agent": {"name": agent_name, "version": agent_version},
+        "revision": revision,
+        "written_at": written_at,
+        "session": {
+            "id": session["id"],
+            "source": session["source"],
+            "path": session["rel_path"],
+            "key_prefix": session["key_prefix"],
+            "metadata": session.get("metadata") or {},
+        },
+        "totals": {
+            "files": len(entries),
+            "bytes": sum(int(entry["size"]) for entry in entries),
+        },
+        "files": entries,
+    }
+
+
+def unsafe_name_reason(rel_path: str) -> str | None:
+    """Return why a relative path cannot become a safe object key, or None if it can."""
+    if any(ord(character) < 32 or ord(character) == 127 for character in rel_path):
+        return "name holds control characters"
+    if "\\" in rel_path:
+        return "name holds a backslash"
+    if any(segment in ("", ".", "..") for segment in rel_path.split("/")):
+        return "name has an empty, '.' or '..' segment"
+    try:
+        encoded = rel_path.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8"
+    if len(encoded) > 900:
+        return "name is longer than 900 bytes (S3 keys are limited to 1024)"
+    return None

@@ -1,0 +1,151 @@
+"""The daemon: wiring, signals and the main loop. Holds no policy of its own.
+
+Start-up: open state, recover from any crash, reconcile every source (the truth), start
+watching (hints). Then, until SIGTERM/SIGINT: beat the heartbeat, re-scan sessions that
+events point at, re-check waiting sessions whose quiet period may have passed, rescan
+everything every `rescan_interval`, and upload ready sessions one after another in a worker
+thread. On stop: finish or abandon the part in flight (it resumes), record the stop.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+
+import structlog
+
+from agent.config import Settings
+from agent.errors import TransferError
+from agent.ingest import Ingest, source_for_path
+from agent.state import State
+from agent.transfer import store_from_settings
+from agent.watch import Watcher
+
+log = structlog.get_logger("agent.service")
+
+TICK = 0.5
+STOP_GRACE = 25.0
+
+
+class Daemon:
+    """The long-running agent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop or threading.Event()
+        self._hints: set[tuple[str, str]] = set()
+        self._hints_lock = threading.Lock()
+        self._wake_uploader = threading.Event()
+        self.started_at = clock()
+
+    def _on_path(self, path: Path) -> None:
+        found = source_for_path(self.settings, path)
+        if found is not None:
+            with self._hints_lock:
+                self._hints.add((found[0].name, found[1]))
+
+    def _take_hints(self) -> set[tuple[str, str]]:
+        with self._hints_lock:
+            hints, self._hints = self._hints, set()
+        return hints
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT ask for a clean stop."""
+
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("stop_requested", signal=signal.Signals(signum).name)
+            self.stop.set()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def run(self) -> int:
+        """Run until asked to stop. Return the process exit code."""
+        state = State.open(self.settings.state_db_path)
+        store = store_from_settings(
+            self.settings.destination, self.settings.upload, stop=self.stop,
+            on_retry=lambda error, attempt, delay: log.warning(
+                "s3_retry", error=str(error), attempt=attempt, delay_s=round(delay, 2)),
+        )
+        ingest = Ingest(self.settings, state, store, clock=self.clock)
+        watcher = Watcher(self.settings.sources, self._on_path)
+        try:
+            self._beat(state, "starting")
+            try:
+                ingest.recover()
+            except TransferError as error:
+                log.error("recovery_failed", error=str(error))
+            ingest.reconcile()
+            watcher.start()
+            uploader = threading.Thread(
+                target=self._upload_loop, args=(ingest,), name="uploader", daemon=True
+            )
+            uploader.start()
+            log.info("agent_started", agent=self.settings.agent.name, pid=os.getpid(),
+                     sources=[s.name for s in self.settings.sources])
+            self._main_loop(state, ingest, watcher)
+            uploader.join(STOP_GRACE)
+        finally:
+            watcher.stop()
+            state.stopped(self.clock())
+            state.close()
+            log.info("agent_stopped")
+        return 0
+
+    def _beat(self, state: State, status: str) -> None:
+        state.beat(pid=os.getpid(), hostname=socket.gethostname(), started_at=self.started_at,
+                   now=self.clock(), status=status)
+
+    def _status_line(self, state: State) -> str:
+        counts = state.session_counts()
+        files, size = state.backlog()
+        return (f"{counts.get('uploading', 0)} uploading, {counts.get('ready', 0)} ready, "
+                f"{counts.get('waiting', 0)} waiting, {counts.get('failed', 0)} failed; "
+                f"backlog {files} files {size / 1e9:.2f} GB")
+
+    def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher) -> None:
+        next_beat = 0.0
+        next_rescan = self.clock() + self.settings.agent.rescan_interval
+        while not self.stop.is_set():
+            now = self.clock()
+            if now >= next_beat:
+                self._beat(state, self._status_line(state))
+                next_beat = now + self.settings.agent.heartbeat_interval
+            for source_name, rel_path in self._take_hints():
+                ingest.observe(self.settings.source(source_name), rel_path)
+            if not watcher.healthy():
+                log.error("watcher_died", hint="falling back to rescans until restart")
+                next_rescan = min(next_rescan, now)
+            if now >= next_rescan:
+                ingest.reconcile()
+                next_rescan = now + self.settings.agent.rescan_interval
+            ingest.recheck_waiting()
+            if ingest.due_sessions():
+                self._wake_uploader.set()
+            self.stop.wait(TICK)
+        self._wake_uploader.set()
+
+    def _upload_loop(self, ingest: Ingest) -> None:
+        while not self.stop.is_set():
+            self._wake_uploader.wait(TICK * 4)
+            self._wake_uploader.clear()
+            for record in ingest.due_sessions():
+                if self.stop.is_set():
+                    return
+                try:
+                    ingest.upload(record)
+                except Exception:  # noqa: BLE001 - the loop must survive; the error is logged
+                    log.exception("upload_loop_error", session=record.id)

@@ -1,0 +1,108 @@
+"""Bandwidth limiting: one token bucket shared by every upload worker."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+
+class Interrupted(Exception):  # noqa: N818 - a signal, not a failure
+    """Raised inside a transfer when the agent is asked to stop."""
+
+
+class TokenBucket:
+    """Allows `rate` bytes per second on average, with bursts up to `burst` bytes.
+
+    A rate of 0 means unlimited. The clock and sleep are passed in so tests can drive time.
+    """
+
+    def __init__(
+        self,
+        rate: float,
+        burst: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.rate = rate
+        self.burst = burst if burst is not None else max(rate / 4, 64 * 1024)
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = self.burst
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def set_rate(self, rate: float) -> None:
+        """Change the rate (e.g. when a time window starts)."""
+        with self._lock:
+            self.rate = rate
+            self.burst = max(rate / 4, 64 * 1024)
+
+    def take(self, amount: int, stop: threading.Event | None = None) -> None:
+        """Block until `amount` bytes may be sent. Raise Interrupted if `stop` is set."""
+        if self.rate <= 0 or amount <= 0:
+            return
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            # Go into debt: the caller sends now and later callers wait it off.
+            self._tokens -= amount
+            wait = -self._tokens / self.rate if self._tokens < 0 else 0.0
+        while wait > 0:
+            if stop is not None and stop.is_set():
+                raise Interrupted()
+            step = min(wait, 0.25)
+            self._sleep(step)
+            wait -= step
+
+
+class ThrottledBody:
+    """A seekable read-only body over bytes that spends bucket tokens as it is read.
+
+    botocore may read a body more than once (to sign it, then to send it); only bytes past
+    the furthest point read so far cost tokens, so each byte is paid for once.
+    """
+
+    def __init__(
+        self,
+        data: bytes,
+        bucket: TokenBucket,
+        stop: threading.Event | None = None,
+        chunk: int = 64 * 1024,
+    ) -> None:
+        self._data = memoryview(data)
+        self._bucket = bucket
+        self._stop = stop
+        self._chunk = chunk
+        self._position = 0
+        self._paid = 0
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def read(self, size: int = -1) -> bytes:
+        """Return up to `size` bytes (bounded by the chunk size), waiting for tokens."""
+        if self._stop is not None and self._stop.is_set():
+            raise Interrupted()
+        if size is None or size < 0:
+            size = len(self._data) - self._position
+        elif self._bucket.rate > 0:
+            size = min(size, self._chunk)
+        end = min(len(self._data), self._position + size)
+        if end > self._paid:
+            self._bucket.take(end - self._paid, self._stop)
+            self._paid = end
+        block = bytes(self._data[self._position : end])
+        self._position = end
+        return block
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        """Move the read position, like a file."""
+        base = {0: 0, 1: self._position, 2: len(self._data)}[whence]
+        self._position = max(0, min(len(self._data), base + offset))
+        return self._position
+
+    def tell(self) -> int:
+        """The read position."""
+        return self._position

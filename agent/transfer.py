@@ -1,0 +1,457 @@
+"""S3 transfer: the only module that talks to S3 (boto3/botocore).
+
+Each S3 call is one small method; every error is classified retryable or permanent in
+`classify_error`; retryable ones are retried here with exponential backoff and full jitter,
+and still-failing ones surface as RetryableTransferError so the caller can mark the session
+failed (never a silent give-up). Knows nothing of sessions or their rules.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import boto3
+import botocore.exceptions
+from botocore.config import Config
+
+from agent.checksums import S3_ALGORITHM_NAMES
+from agent.config import DestinationSettings, UploadSettings
+from agent.errors import (
+    NoSuchUploadError,
+    PermanentTransferError,
+    RetryableTransferError,
+    TransferError,
+)
+from agent.throttle import Interrupted, ThrottledBody, TokenBucket
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+T = TypeVar("T")
+
+_RETRYABLE_CODES = frozenset(
+    {
+        "SlowDown",
+        "Throttling",
+        "ThrottlingException",
+        "RequestTimeout",
+        "RequestTimeTooSkewed",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestLimitExceeded",
+        "BadDigest",  # bytes damaged on the way: sending again fixes it
+        "XAmzContentSHA256Mismatch",
+    }
+)
+_NOT_IMPLEMENTED_CODES = frozenset({"NotImplemented", "501"})
+_RETRYABLE_EXCEPTIONS = (
+    botocore.exceptions.EndpointConnectionError,
+    botocore.exceptions.ConnectionClosedError,
+    botocore.exceptions.ReadTimeoutError,
+    botocore.exceptions.ConnectTimeoutError,
+    botocore.exceptions.ResponseStreamingError,
+    botocore.exceptions.IncompleteReadError,
+    ConnectionError,
+    TimeoutError,
+)
+AGENT_METADATA_MARK = "ingest-agent"
+
+
+class NotImplementedByServerError(PermanentTransferError):
+    """The server does not implement an optional feature (ListParts, If-None-Match...)."""
+
+
+class PreconditionFailedError(PermanentTransferError):
+    """A conditional write found an object already at the key (HTTP 412)."""
+
+
+def classify_error(error: BaseException, operation: str, key: str) -> TransferError:
+    """Given an exception from botocore, return the agent's classified error for it."""
+    if isinstance(error, TransferError):
+        return error
+    if isinstance(error, botocore.exceptions.ClientError):
+        info = error.response.get("Error", {})
+        code = str(info.get("Code", ""))
+        message = str(info.get("Message", "")) or code
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        reason = f"{code} ({status}): {message}" if status else f"{code}: {message}"
+        if code == "NoSuchUpload":
+            return NoSuchUploadError(operation, key, reason)
+        if code in _NOT_IMPLEMENTED_CODES or status == 501:
+            return NotImplementedByServerError(operation, key, reason)
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return PreconditionFailedError(operation, key, reason)
+        if code in _RETRYABLE_CODES or status >= 500 or status == 429:
+            return RetryableTransferError(operation, key, reason)
+        return PermanentTransferError(operation, key, reason)
+    if isinstance(error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+        return PermanentTransferError(
+            operation, key, f"{error}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
+        )
+    if isinstance(error, _RETRYABLE_EXCEPTIONS):
+        return RetryableTransferError(operation, key, f"{type(error).__name__}: {error}")
+    if isinstance(error, botocore.exceptions.BotoCoreError):
+        return PermanentTransferError(operation, key, f"{type(error).__name__}: {error}")
+    return PermanentTransferError(operation, key, f"{type(error).__name__}: {error}")
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng.uniform(0, min(cap, base * (2**attempt)))
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """What HEAD says of an object."""
+
+    size: int
+    etag: str
+    metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class RemoteUpload:
+    """A multipart upload the server reports as open."""
+
+    key: str
+    upload_id: str
+
+
+def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3Client:
+    """Build the boto3 S3 client for `destination`. Our own layer owns retries, and checksums
+    are only sent when we pass them (servers that reject the headers stay usable)."""
+    session = boto3.session.Session(profile_name=destination.profile)
+    config = Config(
+        retries={"total_max_attempts": 1, "mode": "standard"},
+        connect_timeout=upload.connect_timeout,
+        read_timeout=upload.read_timeout,
+        max_pool_connections=upload.concurrency + 4,
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        s3={"addressing_style": "path"} if destination.endpoint_url else None,
+        user_agent_extra="ingest-agent",
+    )
+    client: S3Client = session.client(
+        "s3",
+        endpoint_url=destination.endpoint_url,
+        region_name=destination.region,
+        config=config,
+    )
+    return client
+
+
+class S3Store:
+    """One bucket, seen through small S3 operations with retries and a bandwidth limit."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        *,
+        limiter: TokenBucket | None = None,
+        retries: int = 5,
+        retry_delay: float = 1.0,
+        retry_cap: float = 30.0,
+        conditional_writes: str = "auto",
+        extra_args: Mapping[str, str] | None = None,
+        stop: threading.Event | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        on_retry: Callable[[TransferError, int, float], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.limiter = limiter or TokenBucket(0)
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.retry_cap = retry_cap
+        self.stop = stop or threading.Event()
+        self.extra_args = dict(extra_args or {})
+        self._sleep = sleep
+        self._on_retry = on_retry
+        self._rng = random.Random()
+        # None = not yet known; detected on first use when the mode is "auto".
+        self.conditional_writes: bool | None = {"on": True, "off": False}.get(conditional_writes)
+        self.list_parts_supported: bool | None = None
+
+    # --- the retry loop ---------------------------------------------------------------------
+
+    def _call(self, operation: str, key: str, action: Callable[[], T]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return action()
+            except Interrupted:
+                raise
+            except Exception as raw:  # noqa: BLE001 - classified right here
+                error = classify_error(raw, operation, key)
+                if not error.retryable or attempt >= self.retries:
+                    raise error from raw
+                delay = backoff_delay(attempt, self.retry_delay, self.retry_cap, self._rng)
+                if self._on_retry is not None:
+                    self._on_retry(error, attempt + 1, delay)
+                attempt += 1
+                if self.stop.wait(delay):
+                    raise Interrupted() from raw
+
+    def _body(self, data: bytes) -> ThrottledBody:
+        return ThrottledBody(data, self.limiter, self.stop)
+
+    # --- objects ------------------------------------------------------------------------------
+
+    def head(self, key: str) -> ObjectInfo | None:
+        """Return size, ETag and metadata of the object at `key`, or None if there is none."""
+
+        def action() -> ObjectInfo | None:
+            try:
+                answer = self.client.head_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as error:
+                status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if status == 404 or error.response.get("Error", {}).get("Code") in (
+                    "404",
+                    "NoSuchKey",
+                    "NotFound",
+                ):
+                    return None
+                raise
+            return ObjectInfo(
+                size=int(answer["ContentLength"]),
+                etag=str(answer.get("ETag", "")).strip('"'),
+                metadata=dict(answer.get("Metadata", {})),
+            )
+
+        return self._call("HeadObject", key, action)
+
+    def get_bytes(self, key: str) -> bytes | None:
+        """Return a (small) object's bytes, or None if there is none."""
+
+        def action() -> bytes | None:
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            return bytes(answer["Body"].read())
+
+        return self._call("GetObject", key, action)
+
+    def put(
+        self,
+        key: str,
+        data: bytes,
+        *,
+        metadata: Mapping[str, str],
+        checksum: tuple[str, str] | None = None,
+        only_if_absent: bool = False,
+        content_type: str = "application/octet-stream",
+    ) -> str:
+        """PUT `data` at `key`; return the ETag. `checksum` is (algorithm, base64 value)
+        sent for the server to verify. With `only_if_absent`, a conditional write where the
+        server supports it; raise PreconditionFailedError if an object is already there."""
+        arguments: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Metadata": dict(metadata),
+            "ContentLength": len(data),
+            "ContentType": content_type,
+            **self.extra_args,
+        }
+        if checksum is not None:
+            arguments[f"Checksum{S3_ALGORITHM_NAMES[checksum[0]]}"] = checksum[1]
+        conditional = only_if_absent and self.conditional_writes is not False
+
+        def action() -> str:
+            call = dict(arguments, Body=self._body(data))
+            if conditional and self.conditional_writes is not False:
+                call["IfNoneMatch"] = "*"
+            try:
+                answer = self.client.put_object(**call)
+            except botocore.exceptions.ClientError as error:
+                if "IfNoneMatch" in call and self._rejects_condition(error):
+                    self.conditional_writes = False
+                    call.pop("IfNoneMatch")
+                    call["Body"] = self._body(data)
+                    answer = self.client.put_object(**call)
+                else:
+                    raise
+            if conditional and self.conditional_writes is None:
+                self.conditional_writes = True
+            return str(answer.get("ETag", "")).strip('"')
+
+        return self._call("PutObject", key, action)
+
+    @staticmethod
+    def _rejects_condition(error: botocore.exceptions.ClientError) -> bool:
+        code = error.response.get("Error", {}).get("Code")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code in _NOT_IMPLEMENTED_CODES or status == 501
+
+    # --- multipart ----------------------------------------------------------------------------
+
+    def create_multipart(
+        self, key: str, *, metadata: Mapping[str, str], checksum_algorithm: str | None
+    ) -> str:
+        """Start a multipart upload; return its upload id."""
+        arguments: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "Metadata": dict(metadata),
+            "ContentType": "application/octet-stream",
+            **self.extra_args,
+        }
+        if checksum_algorithm is not None:
+            arguments["ChecksumAlgorithm"] = S3_ALGORITHM_NAMES[checksum_algorithm]
+        answer = self._call(
+            "CreateMultipartUpload", key, lambda: self.client.create_multipart_upload(**arguments)
+        )
+        return str(answer["UploadId"])
+
+    def upload_part(
+        self,
+        key: str,
+        upload_id: str,
+        number: int,
+        data: bytes,
+        checksum: tuple[str, str] | None,
+    ) -> str:
+        """Send one part; return its ETag."""
+        arguments: dict[str, Any] = {
+            "Bucket": self.bucket,
+            "Key": key,
+            "UploadId": upload_id,
+            "PartNumber": number,
+            "ContentLength": len(data),
+        }
+        if checksum is not None:
+            arguments[f"Checksum{S3_ALGORITHM_NAMES[checksum[0]]}"] = checksum[1]
+
+        def action() -> str:
+            answer = self.client.upload_part(**arguments, Body=self._body(data))
+            return str(answer["ETag"]).strip('"')
+
+        return self._call("UploadPart", key, action)
+
+    def complete_multipart(
+        self,
+        key: str,
+        upload_id: str,
+        parts: list[tuple[int, str, tuple[str, str] | None]],
+    ) -> str:
+        """Complete an upload from (number, etag, checksum) parts; return the object's ETag."""
+        listed: list[dict[str, Any]] = []
+        for number, etag, checksum in parts:
+            entry: dict[str, Any] = {"PartNumber": number, "ETag": f'"{etag}"'}
+            if checksum is not None:
+                entry[f"Checksum{S3_ALGORITHM_NAMES[checksum[0]]}"] = checksum[1]
+            listed.append(entry)
+
+        def action() -> str:
+            answer = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+            )
+            return str(answer.get("ETag", "")).strip('"')
+
+        return self._call("CompleteMultipartUpload", key, action)
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Abort an upload; one the server no longer knows counts as aborted."""
+        try:
+            self._call(
+                "AbortMultipartUpload",
+                key,
+                lambda: self.client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id
+                ),
+            )
+        except NoSuchUploadError:
+            return
+
+    def list_multipart_uploads(self, prefix: str) -> list[RemoteUpload]:
+        """Every open multipart upload under `prefix` (all pages)."""
+        uploads: list[RemoteUpload] = []
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self._call(
+                "ListMultipartUploads",
+                prefix,
+                lambda: self.client.list_multipart_uploads(**arguments),
+            )
+            uploads.extend(
+                RemoteUpload(str(item["Key"]), str(item["UploadId"]))
+                for item in page.get("Uploads", [])
+            )
+            if not page.get("IsTruncated"):
+                return uploads
+            arguments["KeyMarker"] = page.get("NextKeyMarker", "")
+            arguments["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+
+    def list_parts(self, key: str, upload_id: str) -> dict[int, str] | None:
+        """{part number: etag} the server holds for an upload, or None where the server
+        does not implement ListParts. Raise NoSuchUploadError if the upload is gone."""
+        if self.list_parts_supported is False:
+            return None
+        parts: dict[int, str] = {}
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
+        while True:
+            try:
+                page = self._call(
+                    "ListParts", key, lambda: self.client.list_parts(**arguments)
+                )
+            except NotImplementedByServerError:
+                self.list_parts_supported = False
+                return None
+            self.list_parts_supported = True
+            for item in page.get("Parts", []):
+                parts[int(item["PartNumber"])] = str(item["ETag"]).strip('"')
+            if not page.get("IsTruncated"):
+                return parts
+            arguments["PartNumberMarker"] = page.get("NextPartNumberMarker", 0)
+
+    def list_keys(self, prefix: str) -> dict[str, int]:
+        """{key: size} of every object under `prefix` (all pages)."""
+        found: dict[str, int] = {}
+        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        while True:
+            page = self._call(
+                "ListObjectsV2", prefix, lambda: self.client.list_objects_v2(**arguments)
+            )
+            for item in page.get("Contents", []):
+                found[str(item["Key"])] = int(item["Size"])
+            if not page.get("IsTruncated"):
+                return found
+            arguments["ContinuationToken"] = page["NextContinuationToken"]
+
+    def check_bucket(self) -> None:
+        """Raise a classified TransferError if the bucket cannot be reached or written to."""
+        self._call("HeadBucket", self.bucket, lambda: self.client.head_bucket(Bucket=self.bucket))
+
+
+def store_from_settings(
+    destination: DestinationSettings,
+    upload: UploadSettings,
+    *,
+    stop: threading.Event | None = None,
+    on_retry: Callable[[TransferError, int, float], None] | None = None,
+) -> S3Store:
+    """Build the S3 store the settings describe (client, bandwidth cap, retries, extras)."""
+    extra: dict[str, str] = {}
+    if destination.storage_class:
+        extra["StorageClass"] = destination.storage_class
+    if destination.acl:
+        extra["ACL"] = destination.acl
+    return S3Store(
+        make_client(destination, upload),
+        destination.bucket,
+        limiter=TokenBucket(upload.max_bandwidth),
+        retries=upload.retries,
+        retry_delay=upload.retry_delay,
+        conditional_writes=destination.conditional_writes,
+        extra_args=extra,
+        stop=stop,
+        on_retry=on_retry,
+    )

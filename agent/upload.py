@@ -1,0 +1,610 @@
+"""The upload engine: sends a session's pending files and its manifest, recording every step.
+
+Wires the state database to the S3 store (it imports neither sqlite_utils nor boto3). One
+producer (the calling thread) reads files in order, feeding each byte once to the checksum
+and to the upload; a thread pool sends small files and parts of large files interleaved, so
+neither starves the other; one byte budget bounds the memory in flight.
+
+Crash safety: a multipart upload id is recorded the moment the server returns it, and each
+part as soon as the server acknowledges it; a file is recorded as uploaded only after the
+object is complete and the local file is unchanged. After a restart, recorded parts are not
+sent again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from agent import __version__
+from agent.checksums import RunningChecksum, digest_b64
+from agent.config import Settings
+from agent.errors import (
+    FileChangedError,
+    NoSuchUploadError,
+    PermanentTransferError,
+    RetryableTransferError,
+    TransferError,
+)
+from agent.planning import (
+    Part,
+    build_manifest,
+    manifest_key,
+    multipart_etag,
+    part_size_for,
+    plan_parts,
+)
+from agent.scan import stat_file
+from agent.state import FileRecord, PartRecord, SessionRecord, State, UploadRecord
+from agent.throttle import Interrupted
+from agent.transfer import (
+    AGENT_METADATA_MARK,
+    ObjectInfo,
+    PreconditionFailedError,
+    S3Store,
+)
+
+log = structlog.get_logger("agent.upload")
+
+
+class ByteBudget:
+    """Bounds the bytes read into memory and not yet sent."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._used = 0
+        self._condition = threading.Condition()
+
+    def acquire(self, amount: int, stop: threading.Event) -> int:
+        """Wait until `amount` bytes fit (capped at capacity); return what was taken."""
+        amount = min(amount, self.capacity)
+        with self._condition:
+            while self._used + amount > self.capacity:
+                if stop.is_set():
+                    raise Interrupted()
+                self._condition.wait(0.2)
+            self._used += amount
+        return amount
+
+    def release(self, amount: int) -> None:
+        """Give back bytes taken by `acquire`."""
+        with self._condition:
+            self._used -= amount
+            self._condition.notify_all()
+
+
+@dataclass
+class UploadOutcome:
+    """What one upload pass of a session did."""
+
+    files_sent: int = 0
+    bytes_sent: int = 0
+    files_already_there: int = 0
+    changed: list[str] = field(default_factory=list)
+    errors: list[TransferError] = field(default_factory=list)
+    interrupted: bool = False
+    manifest_key: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """True when every file went up and the manifest was written."""
+        return self.manifest_key is not None
+
+
+@dataclass
+class _MultipartJob:
+    record: FileRecord
+    path: Path
+    upload_id: str
+    part_size: int
+    remaining: set[int]
+    reading_done: bool = False
+    finishing: bool = False
+    checksum: str | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class _Unit:
+    """One thing for a worker to send: a whole small file, or one part of a large file."""
+
+    record: FileRecord
+    data: bytes
+    reserved: int
+    part: Part | None = None
+    job: _MultipartJob | None = None
+    part_checksum: str | None = None
+    running_checksum: str | None = None
+    checksum: str | None = None
+
+
+def _now_iso(now: float) -> str:
+    return datetime.fromtimestamp(now, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class SessionUploader:
+    """Uploads sessions for one agent: its settings, state database and S3 store."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        state: State,
+        store: S3Store,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.state = state
+        self.store = store
+        self.clock = clock
+        self.algorithm = settings.destination.checksum
+        self.send_checksums = settings.destination.server_checksums
+        self.budget = ByteBudget(settings.upload.max_memory)
+
+    # --- metadata -----------------------------------------------------------------------------
+
+    def _object_metadata(self, record: FileRecord, **extra: str) -> dict[str, str]:
+        metadata = dict(self.settings.destination.metadata)
+        metadata.update(
+            {
+                AGENT_METADATA_MARK: self.settings.agent.name,
+                "agent-mtime-ns": str(record.mtime_ns),
+                "agent-checksum-algorithm": self.algorithm,
+            }
+        )
+        metadata.update(extra)
+        return metadata
+
+    def _header(self, value: str | None) -> tuple[str, str] | None:
+        return (self.algorithm, value) if self.send_checksums and value is not None else None
+
+    # --- session ------------------------------------------------------------------------------
+
+    def upload_session(self, session: SessionRecord) -> UploadOutcome:
+        """Send every pending file of `session`, then its manifest. Return what happened.
+
+        Transfer errors are collected in the outcome (the caller decides the session's state);
+        files that changed while being read are listed in `changed` and left pending.
+        """
+        outcome = UploadOutcome()
+        pending = self.state.pending_files(session.id)
+        remote_sizes = self._remote_sizes(session, pending)
+        small: list[FileRecord] = []
+        large: list[FileRecord] = []
+        for record in pending:
+            upload = self.state.upload_for(session.id, record.rel_path)
+            if upload is None and record.key in remote_sizes and remote_sizes[record.key] == record.size:
+                if self._already_there(session, record, outcome):
+                    continue
+            if record.size < self.settings.upload.multipart_threshold and upload is None:
+                small.append(record)
+            else:
+                large.append(record)
+
+        failed = threading.Event()
+        lock = threading.Lock()
+
+        def finished(unit: _Unit, future: Future[None]) -> None:
+            self.budget.release(unit.reserved)
+            error = future.exception()
+            with lock:
+                if error is None:
+                    return
+                if isinstance(error, FileChangedError):
+                    outcome.changed.append(unit.record.rel_path)
+                elif isinstance(error, Interrupted):
+                    outcome.interrupted = True
+                elif isinstance(error, TransferError):
+                    outcome.errors.append(error)
+                    failed.set()
+                else:
+                    outcome.errors.append(
+                        PermanentTransferError("upload", unit.record.key, f"{type(error).__name__}: {error}")
+                    )
+                    failed.set()
+
+        def send(unit: _Unit) -> None:
+            self._send_unit(session, unit, outcome, lock)
+
+        units = self._interleave(
+            self._small_units(session, small, outcome, lock),
+            self._large_units(session, large, outcome, lock),
+        )
+        with ThreadPoolExecutor(
+            max_workers=self.settings.upload.concurrency, thread_name_prefix="upload"
+        ) as pool:
+            try:
+                for unit in units:
+                    if failed.is_set() or self.store.stop.is_set():
+                        self.budget.release(unit.reserved)
+                        break
+                    future = pool.submit(send, unit)
+                    future.add_done_callback(lambda done, unit=unit: finished(unit, done))
+            except Interrupted:
+                outcome.interrupted = True
+            except TransferError as error:
+                outcome.errors.append(error)
+        if self.store.stop.is_set():
+            outcome.interrupted = True
+        if outcome.errors or outcome.interrupted or outcome.changed:
+            return outcome
+        if self.state.pending_files(session.id):
+            # A file appeared or changed after we started: the next pass picks it up.
+            outcome.changed.append("(new files)")
+            return outcome
+        outcome.manifest_key = self._write_manifest(session)
+        return outcome
+
+    @staticmethod
+    def _interleave(*sources: Iterator[_Unit]) -> Iterator[_Unit]:
+        active = list(sources)
+        while active:
+            for source in list(active):
+                try:
+                    yield next(source)
+                except StopIteration:
+                    active.remove(source)
+
+    def _remote_sizes(self, session: SessionRecord, pending: list[FileRecord]) -> dict[str, int]:
+        """Sizes of objects already under the session's prefix, when there is anything to
+        check: lets a re-run (or a rolled-back database) skip what S3 already holds."""
+        if not pending:
+            return {}
+        return self.store.list_keys(session.key_prefix + "/")
+
+    def _already_there(
+        self, session: SessionRecord, record: FileRecord, outcome: UploadOutcome
+    ) -> bool:
+        """An object of the right size is at the key: if it holds this file's bytes, record
+        the file as uploaded without sending it."""
+        info = self.store.head(record.key)
+        if info is None or info.size != record.size:
+            return False
+        path = Path(session.path) / record.rel_path
+        match = _local_matches(path, info, self.algorithm)
+        if match is None:
+            return False
+        self.state.file_uploaded(
+            record, checksum=match, checksum_algorithm=self.algorithm, etag=info.etag,
+            now=self.clock(),
+        )
+        outcome.files_already_there += 1
+        log.info("already_in_s3", session=session.id, file=record.rel_path, key=record.key)
+        return True
+
+    # --- producing units ----------------------------------------------------------------------
+
+    def _check_unchanged(self, path: Path, record: FileRecord) -> None:
+        if stat_file(path) != (record.size, record.mtime_ns):
+            raise FileChangedError(str(path))
+
+    def _small_units(
+        self,
+        session: SessionRecord,
+        records: list[FileRecord],
+        outcome: UploadOutcome,
+        lock: threading.Lock,
+    ) -> Iterator[_Unit]:
+        for record in records:
+            path = Path(session.path) / record.rel_path
+            reserved = self.budget.acquire(record.size, self.store.stop)
+            try:
+                self._check_unchanged(path, record)
+                with path.open("rb") as handle:
+                    data = handle.read(record.size + 1)
+                if len(data) != record.size:
+                    raise FileChangedError(str(path))
+            except (FileChangedError, FileNotFoundError):
+                self.budget.release(reserved)
+                with lock:
+                    outcome.changed.append(record.rel_path)
+                continue
+            except BaseException:
+                self.budget.release(reserved)
+                raise
+            checksum = digest_b64(self.algorithm, data)
+            yield _Unit(record, data, reserved, checksum=checksum)
+
+    def _large_units(
+        self,
+        session: SessionRecord,
+        records: list[FileRecord],
+        outcome: UploadOutcome,
+        lock: threading.Lock,
+    ) -> Iterator[_Unit]:
+        for record in records:
+            path = Path(session.path) / record.rel_path
+            try:
+                self._check_unchanged(path, record)
+                yield from self._parts_of(session, record, path)
+            except (FileChangedError, FileNotFoundError):
+                with lock:
+                    outcome.changed.append(record.rel_path)
+
+    def _open_upload(self, record: FileRecord) -> UploadRecord:
+        """The upload to continue for this file: the recorded one if the server still knows
+        it and it is for this version of the file; otherwise a new one, recorded at once."""
+        upload = self.state.upload_for(record.session_id, record.rel_path)
+        if upload is not None and (upload.size, upload.mtime_ns) != (record.size, record.mtime_ns):
+            log.info("upload_discarded", key=record.key, reason="file changed since it started")
+            self.store.abort_multipart(upload.key, upload.upload_id)
+            self.state.upload_finished(upload.upload_id)
+            upload = None
+        if upload is not None:
+            try:
+                on_server = self.store.list_parts(upload.key, upload.upload_id)
+            except NoSuchUploadError:
+                on_server = {}
+                if not upload.parts or len(upload.parts) < len(plan_parts(upload.size, upload.part_size)):
+                    log.warning("upload_unknown_to_server", key=upload.key, upload_id=upload.upload_id)
+                    self.state.upload_finished(upload.upload_id)
+                    upload = None
+                else:
+                    # Every part recorded: Complete may already have happened.
+                    on_server = None
+            if upload is not None and on_server is not None:
+                lost = [p for p in upload.parts if on_server.get(p.number) != p.etag]
+                if lost:
+                    log.warning("parts_missing_on_server", key=upload.key,
+                                parts=[p.number for p in lost])
+                    self.state.forget_parts(upload.upload_id, [p.number for p in lost])
+                    upload = self.state.upload_for(record.session_id, record.rel_path)
+        if upload is not None:
+            log.info("upload_resumed", key=upload.key, upload_id=upload.upload_id,
+                     parts_done=len(upload.parts))
+            return upload
+        part_size = part_size_for(record.size, self.settings.upload.part_size)
+        upload_id = self.store.create_multipart(
+            record.key,
+            metadata=self._object_metadata(record, **{"agent-part-size": str(part_size)}),
+            checksum_algorithm=self.algorithm if self.send_checksums else None,
+        )
+        self.state.upload_started(
+            upload_id=upload_id, record=record, part_size=part_size,
+            checksum_algorithm=self.algorithm, now=self.clock(),
+        )
+        fresh = self.state.upload_for(record.session_id, record.rel_path)
+        assert fresh is not None
+        return fresh
+
+    def _parts_of(self, session: SessionRecord, record: FileRecord, path: Path) -> Iterator[_Unit]:
+        upload = self._open_upload(record)
+        parts = plan_parts(record.size, upload.part_size)
+        done = {part.number: part for part in upload.parts}
+        # Resume the whole-file checksum after the longest run of finished parts, if the
+        # algorithm allows; otherwise read from the start (reading is local, sending is not).
+        start = 0
+        running: RunningChecksum | None = None
+        while start < len(parts) and parts[start].number in done:
+            start += 1
+        if start:
+            previous = parts[start - 1]
+            running = RunningChecksum.resume(
+                self.algorithm, done[previous.number].running_checksum,
+                previous.offset + previous.length,
+            )
+        if running is None:
+            start = 0
+            running = RunningChecksum(self.algorithm)
+        job = _MultipartJob(
+            record, path, upload.upload_id, upload.part_size,
+            remaining={p.number for p in parts if p.number not in done},
+        )
+        with path.open("rb") as handle:
+            for part in parts[start:]:
+                reserved = self.budget.acquire(part.length, self.store.stop)
+                try:
+                    data = os.pread(handle.fileno(), part.length, part.offset)
+                except BaseException:
+                    self.budget.release(reserved)
+                    raise
+                if len(data) != part.length:
+                    self.budget.release(reserved)
+                    raise FileChangedError(str(path))
+                running.update(data)
+                if part.number in done:
+                    self.budget.release(reserved)
+                    continue
+                if part.number == parts[-1].number:
+                    job.checksum = running.value()
+                yield _Unit(
+                    record, data, reserved, part=part, job=job,
+                    part_checksum=digest_b64(self.algorithm, data) if self.send_checksums else None,
+                    running_checksum=running.save(),
+                )
+        with job.lock:
+            job.checksum = running.value()
+            job.reading_done = True
+            ready = not job.remaining and not job.finishing
+            job.finishing = job.finishing or ready
+        if ready:
+            self._complete(session, job)
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def _send_unit(
+        self, session: SessionRecord, unit: _Unit, outcome: UploadOutcome, lock: threading.Lock
+    ) -> None:
+        if unit.job is None:
+            self._put_small(session, unit)
+            with lock:
+                outcome.files_sent += 1
+                outcome.bytes_sent += len(unit.data)
+            return
+        job, part = unit.job, unit.part
+        assert part is not None
+        etag = self.store.upload_part(
+            unit.record.key, job.upload_id, part.number, unit.data, self._header(unit.part_checksum)
+        )
+        self.state.part_finished(
+            job.upload_id,
+            PartRecord(part.number, etag, unit.part_checksum, part.length, unit.running_checksum),
+        )
+        with lock:
+            outcome.bytes_sent += part.length
+        with job.lock:
+            job.remaining.discard(part.number)
+            ready = job.reading_done and not job.remaining and not job.finishing
+            job.finishing = job.finishing or ready
+        if ready:
+            self._complete(session, job)
+            with lock:
+                outcome.files_sent += 1
+
+    def _put_small(self, session: SessionRecord, unit: _Unit) -> None:
+        record = unit.record
+        assert unit.checksum is not None
+        metadata = self._object_metadata(record, **{"agent-checksum": unit.checksum})
+        first_time = record.uploaded_size is None
+        try:
+            etag = self.store.put(
+                record.key, unit.data, metadata=metadata,
+                checksum=self._header(unit.checksum), only_if_absent=first_time,
+            )
+        except PreconditionFailedError:
+            etag = self._settle_existing(record, unit, metadata)
+        path = Path(session.path) / record.rel_path
+        self._check_unchanged(path, record)
+        self.state.file_uploaded(
+            record, checksum=unit.checksum, checksum_algorithm=self.algorithm, etag=etag,
+            now=self.clock(),
+        )
+
+    def _settle_existing(self, record: FileRecord, unit: _Unit, metadata: dict[str, str]) -> str:
+        """A conditional PUT found an object at the key. Ours with the same bytes: done.
+        Ours from an earlier version: replace it. Someone else's: refuse to overwrite."""
+        assert unit.checksum is not None
+        info = self.store.head(record.key)
+        if info is None:
+            return self.store.put(record.key, unit.data, metadata=metadata,
+                                  checksum=self._header(unit.checksum))
+        if info.size == record.size and info.metadata.get("agent-checksum") == unit.checksum:
+            return info.etag
+        if info.metadata.get(AGENT_METADATA_MARK) == self.settings.agent.name:
+            return self.store.put(record.key, unit.data, metadata=metadata,
+                                  checksum=self._header(unit.checksum))
+        raise PermanentTransferError(
+            "PutObject", record.key,
+            "an object not written by this agent is already at this key; refusing to overwrite "
+            "it (move it away or change the destination prefix)",
+        )
+
+    def _complete(self, session: SessionRecord, job: _MultipartJob) -> None:
+        record = job.record
+        upload = self.state.upload_for(record.session_id, record.rel_path)
+        assert upload is not None and upload.upload_id == job.upload_id
+        try:
+            self._check_unchanged(job.path, record)
+        except FileChangedError:
+            log.warning("file_changed_during_upload", session=session.id, file=record.rel_path)
+            self.store.abort_multipart(upload.key, upload.upload_id)
+            self.state.upload_finished(upload.upload_id)
+            raise
+        parts = [(p.number, p.etag, self._header(p.checksum)) for p in upload.parts]
+        expected_etag = multipart_etag(p.etag for p in upload.parts)
+        try:
+            etag = self.store.complete_multipart(upload.key, upload.upload_id, parts)
+        except NoSuchUploadError:
+            # A repeated Complete (after a crash) is answered "no such upload" by some
+            # servers: the object itself settles whether the first one worked.
+            info = self.store.head(upload.key)
+            if info is None or info.size != record.size or info.etag != expected_etag:
+                self.state.upload_finished(upload.upload_id)
+                raise RetryableTransferError(
+                    "CompleteMultipartUpload", upload.key,
+                    "the server lost the upload before it completed; the file will be sent again",
+                ) from None
+            etag = info.etag
+        assert job.checksum is not None
+        self.state.file_uploaded(
+            record, checksum=job.checksum, checksum_algorithm=self.algorithm, etag=etag,
+            now=self.clock(), finished_upload_id=upload.upload_id,
+        )
+        log.info("file_uploaded", session=session.id, file=record.rel_path, bytes=record.size,
+                 parts=len(parts))
+
+    # --- manifest -----------------------------------------------------------------------------
+
+    def _write_manifest(self, session: SessionRecord) -> str:
+        key = manifest_key(session.key_prefix)
+        now = self.clock()
+        files = [
+            {
+                "rel_path": f.rel_path, "key": f.key, "size": f.size, "mtime_ns": f.mtime_ns,
+                "checksum_algorithm": f.checksum_algorithm, "checksum": f.checksum, "etag": f.etag,
+            }
+            for f in self.state.files_of(session.id)
+            if f.state == "uploaded"
+        ]
+        refused = [
+            {"path": f.rel_path, "reason": f.error}
+            for f in self.state.files_of(session.id)
+            if f.state == "refused"
+        ]
+        revision = session.manifest_revision + 1
+        document: dict[str, Any] = build_manifest(
+            session={
+                "id": session.id, "source": session.source, "rel_path": session.rel_path,
+                "key_prefix": session.key_prefix, "metadata": session.metadata,
+            },
+            files=files,
+            agent_name=self.settings.agent.name,
+            agent_version=__version__,
+            revision=revision,
+            written_at=_now_iso(now),
+        )
+        if refused:
+            document["refused"] = refused
+        body = json.dumps(document, indent=1, sort_keys=True).encode()
+        self.store.put(
+            key, body,
+            metadata={AGENT_METADATA_MARK: self.settings.agent.name,
+                      "agent-manifest-revision": str(revision)},
+            content_type="application/json",
+        )
+        self.state.manifest_written(session.id, key=key, revision=revision, now=now)
+        log.info("manifest_written", session=session.id, key=key, revision=revision,
+                 files=len(files))
+        return key
+
+
+def _local_matches(path: Path, info: ObjectInfo, algorithm: str) -> str | None:
+    """Read a local file once; if it holds the same bytes as the object described by `info`
+    (by the agent's checksum metadata, or the multipart ETag for its part size), return the
+    file's checksum; otherwise None."""
+    stored = info.metadata.get("agent-checksum")
+    stored_algorithm = info.metadata.get("agent-checksum-algorithm")
+    part_size_text = info.metadata.get("agent-part-size")
+    running = RunningChecksum(algorithm)
+    part_digests: list[str] = []
+    part_size = int(part_size_text) if part_size_text and part_size_text.isdigit() else 0
+    try:
+        with path.open("rb") as handle:
+            while True:
+                block = handle.read(part_size or 8 * 1024**2)
+                if not block and (part_digests or not part_size):
+                    break
+                running.update(block)
+                if part_size:
+                    part_digests.append(hashlib.md5(block).hexdigest())  # noqa: S324
+                if not block:
+                    break
+    except OSError:
+        return None
+    checksum = running.value()
+    if stored is not None and stored_algorithm == algorithm:
+        return checksum if stored == checksum else None
+    if part_size and info.etag.endswith(f"-{len(part_digests)}"):
+        return checksum if multipart_etag(part_digests) == info.etag else None
+    return None
