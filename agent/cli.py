@@ -88,14 +88,16 @@ def cmd_check_config(arguments: argparse.Namespace) -> int:
     if arguments.json:
         print(json.dumps({"valid": True, "sources": [s.name for s in settings.sources]}))
     else:
-        print(f"{settings.config_path}: valid; {len(settings.sources)} source(s): "
-              + ", ".join(f"{s.name} ({s.path})" for s in settings.sources))
+        print(
+            f"{settings.config_path}: valid; {len(settings.sources)} source(s): "
+            + ", ".join(f"{s.name} ({s.path})" for s in settings.sources)
+        )
     return EXIT_OK
 
 
 def cmd_run(arguments: argparse.Namespace) -> int:
     """The daemon, in the foreground."""
-    from agent.service import Daemon
+    from agent.service import Daemon  # noqa: PLC0415 - only `run` pays for watchdog
 
     settings = _settings(arguments)
     logs.configure(settings.agent.log_level)
@@ -114,10 +116,16 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
     try:
         heartbeat = state.heartbeat()
         now = time.time()
-        if (heartbeat is not None and heartbeat.stopped_at is None
-                and now - heartbeat.beat_at < settings.agent.heartbeat_stale):
-            print(f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
-                  "stop it before running sync", file=sys.stderr)
+        if (
+            heartbeat is not None
+            and heartbeat.stopped_at is None
+            and now - heartbeat.beat_at < settings.agent.heartbeat_stale
+        ):
+            print(
+                f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
+                "stop it before running sync",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         store = store_from_settings(settings.destination, settings.upload)
         ingest = Ingest(settings, state, store)
@@ -140,17 +148,24 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
     finally:
         state.close()
     summary = {
-        "sessions_uploaded": len(uploaded), "sessions_failed": len(failed),
-        "sessions_waiting": waiting, "files": files, "bytes": size,
-        "seconds": round(seconds, 3), "mb_per_s": round(size / seconds / 1e6, 2),
-        "files_per_s": round(files / seconds, 2), "failed": failed,
+        "sessions_uploaded": len(uploaded),
+        "sessions_failed": len(failed),
+        "sessions_waiting": waiting,
+        "files": files,
+        "bytes": size,
+        "seconds": round(seconds, 3),
+        "mb_per_s": round(size / seconds / 1e6, 2),
+        "files_per_s": round(files / seconds, 2),
+        "failed": failed,
     }
     if arguments.json:
         print(json.dumps(summary))
     else:
-        print(f"uploaded {len(uploaded)} session(s), {files} file(s), {human_bytes(size)} in "
-              f"{seconds:.1f}s ({summary['mb_per_s']} MB/s, {summary['files_per_s']} files/s); "
-              f"{waiting} session(s) still waiting; {len(failed)} failed")
+        print(
+            f"uploaded {len(uploaded)} session(s), {files} file(s), {human_bytes(size)} in "
+            f"{seconds:.1f}s ({summary['mb_per_s']} MB/s, {summary['files_per_s']} files/s); "
+            f"{waiting} session(s) still waiting; {len(failed)} failed"
+        )
         for session_id in failed:
             print(f"  failed: {session_id}")
     return EXIT_FAILED if failed else EXIT_OK
@@ -166,23 +181,33 @@ def _sync_dry_run(settings: Settings, as_json: bool) -> int:
     finally:
         if state is not None:
             state.close()
-    rows = [
-        {"id": p.record.id, "ready": p.verdict.ready, "reason": p.verdict.reason,
-         "files": p.files, "bytes": p.bytes, "key_prefix": p.record.key_prefix,
-         "keys": list(p.keys)}
+    rows: list[dict[str, Any]] = [
+        {
+            "id": p.record.id,
+            "ready": p.verdict.ready,
+            "reason": p.verdict.reason,
+            "files": p.files,
+            "bytes": p.bytes,
+            "key_prefix": p.record.key_prefix,
+            "keys": list(p.keys),
+        }
         for p in planned
     ]
     if as_json:
         print(json.dumps(rows))
         return EXIT_OK
     ready = [row for row in rows if row["ready"] and row["files"]]
-    print(f"dry run: {len(ready)} session(s) would be uploaded, "
-          f"{sum(int(r['files']) for r in ready)} file(s), "
-          f"{human_bytes(sum(int(r['bytes']) for r in ready))}")
+    print(
+        f"dry run: {len(ready)} session(s) would be uploaded, "
+        f"{sum(int(r['files']) for r in ready)} file(s), "
+        f"{human_bytes(sum(int(r['bytes']) for r in ready))}"
+    )
     for row in rows:
         verdict = "ready" if row["ready"] else f"not ready ({row['reason']})"
-        print(f"  {row['id']}: {row['files']} file(s), {human_bytes(int(row['bytes']))} -> "
-              f"s3://{settings.destination.bucket}/{row['key_prefix']}/  [{verdict}]")
+        print(
+            f"  {row['id']}: {row['files']} file(s), {human_bytes(int(row['bytes']))} -> "
+            f"s3://{settings.destination.bucket}/{row['key_prefix']}/  [{verdict}]"
+        )
         for key in list(row["keys"])[:5] if row["ready"] else []:
             print(f"      {key}")
         if row["ready"] and len(row["keys"]) > 5:
@@ -198,10 +223,18 @@ def cmd_status(arguments: argparse.Namespace) -> int:
     except (ConfigError, StateError) as error:
         message = str(error).replace("\n", "; ")
         if arguments.json:
-            print(json.dumps({"state": "unknown", "summary": message, "daemon": {
-                "running": False, "pid": None, "heartbeat_age_s": None},
-                "sessions": dict.fromkeys(SESSION_STATES, 0),
-                "backlog": {"files": 0, "bytes": 0}, "last_error": message}))
+            print(
+                json.dumps(
+                    {
+                        "state": "unknown",
+                        "summary": message,
+                        "daemon": {"running": False, "pid": None, "heartbeat_age_s": None},
+                        "sessions": dict.fromkeys(SESSION_STATES, 0),
+                        "backlog": {"files": 0, "bytes": 0},
+                        "last_error": message,
+                    }
+                )
+            )
         else:
             print(f"UNKNOWN - {message}")
         return health.UNKNOWN
@@ -212,30 +245,38 @@ def cmd_status(arguments: argparse.Namespace) -> int:
         last_error = state.last_error()
     finally:
         state.close()
-    verdict = health.assess(heartbeat, counts, files, last_error, time.time(),
-                            settings.agent.heartbeat_stale)
+    verdict = health.assess(
+        heartbeat, counts, files, last_error, time.time(), settings.agent.heartbeat_stale
+    )
     if arguments.json:
-        print(json.dumps({
-            "state": verdict.name,
-            "summary": verdict.summary,
-            "daemon": {
-                "running": verdict.daemon_running,
-                "pid": heartbeat.pid if heartbeat else None,
-                "heartbeat_age_s": round(verdict.heartbeat_age, 1)
-                if verdict.heartbeat_age is not None else None,
-                "status": heartbeat.status if heartbeat else None,
-            },
-            "sessions": {name: counts.get(name, 0) for name in SESSION_STATES},
-            "backlog": {"files": files, "bytes": size},
-            "last_error": f"{last_error[0]}: {last_error[1]}" if last_error else None,
-        }))
+        print(
+            json.dumps(
+                {
+                    "state": verdict.name,
+                    "summary": verdict.summary,
+                    "daemon": {
+                        "running": verdict.daemon_running,
+                        "pid": heartbeat.pid if heartbeat else None,
+                        "heartbeat_age_s": round(verdict.heartbeat_age, 1)
+                        if verdict.heartbeat_age is not None
+                        else None,
+                        "status": heartbeat.status if heartbeat else None,
+                    },
+                    "sessions": {name: counts.get(name, 0) for name in SESSION_STATES},
+                    "backlog": {"files": files, "bytes": size},
+                    "last_error": f"{last_error[0]}: {last_error[1]}" if last_error else None,
+                }
+            )
+        )
     else:
         print(f"{verdict.name.upper()} - {verdict.summary}")
         print("sessions: " + ", ".join(f"{counts.get(n, 0)} {n}" for n in SESSION_STATES))
         print(f"backlog: {files} file(s), {human_bytes(size)}")
         if heartbeat is not None:
-            print(f"daemon: pid {heartbeat.pid} on {heartbeat.hostname}, last heartbeat "
-                  f"{iso(heartbeat.beat_at)}: {heartbeat.status}")
+            print(
+                f"daemon: pid {heartbeat.pid} on {heartbeat.hostname}, last heartbeat "
+                f"{iso(heartbeat.beat_at)}: {heartbeat.status}"
+            )
     return verdict.code
 
 
@@ -264,14 +305,16 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
         note = record.error or record.reason or (record.manifest_key or "")
         if record.local_missing:
             note = "local directory gone; " + note
-        print(f"{record.id:<{width}}  {record.state:<9}  {record.files:>6}  "
-              f"{human_bytes(record.bytes):>10}  {done:>4.0f}%  {note}")
+        print(
+            f"{record.id:<{width}}  {record.state:<9}  {record.files:>6}  "
+            f"{human_bytes(record.bytes):>10}  {done:>4.0f}%  {note}"
+        )
     return EXIT_OK
 
 
 def cmd_demo(arguments: argparse.Namespace) -> int:
     """The zero-setup demonstration."""
-    from agent.demo import run_demo
+    from agent.demo import run_demo  # noqa: PLC0415 - moto is an optional extra
 
     return run_demo(sessions=arguments.sessions, keep_running=arguments.keep_running)
 
@@ -288,29 +331,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ingest-agent {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
-        "--config", default=str(default_config_path()),
+        "--config",
+        default=str(default_config_path()),
         help="config file (default: $AGENT_CONFIG or /etc/ingest-agent/config.toml)",
     )
     common.add_argument("--json", action="store_true", help="print JSON")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, handler: Callable[[argparse.Namespace], int], text: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, handler: Callable[[argparse.Namespace], int], text: str
+    ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=text, description=text)
         sub.set_defaults(handler=handler)
         return sub
 
     add("run", cmd_run, "run the daemon in the foreground (what systemd starts)")
     sync = add("sync", cmd_sync, "one pass: upload every session that is complete, then exit")
-    sync.add_argument("--dry-run", action="store_true",
-                      help="print what would be uploaded and where; touch neither S3 nor the database")
-    add("status", cmd_status, "health for humans and monitoring (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)")
+    sync.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what would be uploaded and where; touch neither S3 nor the database",
+    )
+    add(
+        "status",
+        cmd_status,
+        "health for humans and monitoring (exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
+    )
     sessions = add("sessions", cmd_sessions, "one row per session")
     sessions.add_argument("--state", choices=SESSION_STATES, help="only sessions in this state")
     add("check-config", cmd_check_config, "validate the config, printing every problem")
     demo = add("demo", cmd_demo, "demonstration: local S3 server, simulated instrument, live agent")
     demo.add_argument("--sessions", type=int, default=3, help="how many sessions to simulate")
-    demo.add_argument("--keep-running", action="store_true",
-                      help="keep running after the simulated sessions are uploaded, until Ctrl-C")
+    demo.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="keep running after the simulated sessions are uploaded, until Ctrl-C",
+    )
     return parser
 
 

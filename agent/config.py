@@ -135,7 +135,7 @@ def parse_duration(value: object) -> float:
     Raise ValueError with what is allowed otherwise.
     """
     if isinstance(value, bool):
-        raise ValueError("expected seconds or a string such as \"90s\", \"5m\", \"1h\"")
+        raise ValueError('expected seconds or a string such as "90s", "5m", "1h"')
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("must not be negative")
@@ -146,7 +146,7 @@ def parse_duration(value: object) -> float:
             return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
     raise ValueError(
         f"{value!r} is not a duration; use integer seconds or a number followed by "
-        "s, m or h, e.g. 90, \"90s\", \"5m\", \"1h\""
+        's, m or h, e.g. 90, "90s", "5m", "1h"'
     )
 
 
@@ -156,7 +156,7 @@ def parse_size(value: object) -> int:
     Raise ValueError with what is allowed otherwise.
     """
     if isinstance(value, bool):
-        raise ValueError("expected bytes or a string such as \"16MiB\"")
+        raise ValueError('expected bytes or a string such as "16MiB"')
     if isinstance(value, int):
         if value < 0:
             raise ValueError("must not be negative")
@@ -167,7 +167,7 @@ def parse_size(value: object) -> int:
             return int(float(match.group(1)) * _SIZE_UNITS[match.group(2).lower()])
     raise ValueError(
         f"{value!r} is not a size; use integer bytes or a number followed by "
-        "KiB, MiB, GiB (or KB, MB, GB), e.g. \"16MiB\""
+        'KiB, MiB, GiB (or KB, MB, GB), e.g. "16MiB"'
     )
 
 
@@ -270,7 +270,7 @@ def _string_table(value: Any) -> Mapping[str, str]:
     if not isinstance(value, dict) or not all(
         isinstance(key, str) and isinstance(item, str) for key, item in value.items()
     ):
-        raise ValueError("expected a table of string values, e.g. { project = \"v1\" }")
+        raise ValueError('expected a table of string values, e.g. { project = "v1" }')
     return dict(value)
 
 
@@ -305,9 +305,7 @@ def _read_agent(table: _Table) -> AgentSettings:
     settings = AgentSettings(
         name=table.get("name", _nonempty_string, socket.gethostname()),
         state_dir=Path(table.get("state_dir", _nonempty_string, DEFAULT_STATE_DIR)),
-        log_level=table.get(
-            "log_level", _choice(("debug", "info", "warning", "error")), "info"
-        ),
+        log_level=table.get("log_level", _choice(("debug", "info", "warning", "error")), "info"),
         rescan_interval=table.get("rescan_interval", parse_duration, 300.0),
         heartbeat_interval=table.get("heartbeat_interval", parse_duration, 5.0),
         heartbeat_stale=table.get("heartbeat_stale", parse_duration, 60.0),
@@ -336,9 +334,7 @@ def _read_destination(table: _Table) -> DestinationSettings:
         acl=table.get("acl", _nonempty_string, None),
         metadata=table.get("metadata", _string_table, {}),
     )
-    if settings.endpoint_url is not None and not re.match(
-        r"^https?://", settings.endpoint_url
-    ):
+    if settings.endpoint_url is not None and not re.match(r"^https?://", settings.endpoint_url):
         table.problem("endpoint_url", "must start with http:// or https://")
     table.finish()
     return settings
@@ -360,9 +356,7 @@ def _read_upload(table: _Table) -> UploadSettings:
         read_timeout=table.get("read_timeout", parse_duration, 120.0),
     )
     if settings.max_memory < settings.part_size:
-        table.problem(
-            "max_memory", f"must be at least part_size ({settings.part_size} bytes)"
-        )
+        table.problem("max_memory", f"must be at least part_size ({settings.part_size} bytes)")
     table.finish()
     return settings
 
@@ -387,7 +381,8 @@ def _read_source(table: _Table) -> SourceSettings:
             table.problem("path", f"{path_text!r} must be an absolute path")
         elif not settings.path.is_dir():
             table.problem(
-                "path", f"{path_text} does not exist or is not a directory; create it or fix the path"
+                "path",
+                f"{path_text} does not exist or is not a directory; create it or fix the path",
             )
         elif not os.access(settings.path, os.R_OK | os.X_OK):
             table.problem("path", f"{path_text} is not readable by this user")

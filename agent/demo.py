@@ -18,6 +18,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import boto3
+
 from agent import logs
 from agent.config import load_settings
 from agent.service import Daemon
@@ -38,14 +40,16 @@ class LocalS3:
 
     def __init__(self) -> None:
         try:
-            from moto.server import ThreadedMotoServer
+            from moto.server import ThreadedMotoServer  # noqa: PLC0415 - optional extra
         except ImportError as error:
             raise SystemExit(
                 "the demo needs moto's server: pip install 'ingest-agent[demo]'"
             ) from error
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self._server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=self.port, verbose=False)
+        self._server: Any = ThreadedMotoServer(
+            ip_address="127.0.0.1", port=self.port, verbose=False
+        )
 
     def start(self) -> None:
         """Start serving (without werkzeug's per-request lines on the terminal)."""
@@ -122,8 +126,12 @@ def simulate_instrument(ephys: Path, imaging: Path, count: int, stop: threading.
         else:
             session = imaging / f"plate{index:02d}" / stamp
             for tile in range(6):
-                _write(session / "Images" / f"r01c0{tile}f01p01-ch1.tiff", 256 * 1024, chunks=1,
-                       pause=0.1)
+                _write(
+                    session / "Images" / f"r01c0{tile}f01p01-ch1.tiff",
+                    256 * 1024,
+                    chunks=1,
+                    pause=0.1,
+                )
             _write(session / "acquisition.log", 1024, chunks=1, pause=0)
             written.append(f"imaging/plate{index:02d}/{stamp}")
     return written
@@ -135,8 +143,9 @@ def _render(state: State, expected: int) -> str:
     for record in rows:
         done = 100 * record.uploaded_bytes / record.bytes if record.bytes else 0.0
         note = record.reason or record.error or record.manifest_key or ""
-        lines.append(f"  {record.id:<48} {record.state:<9} {record.files:>3} files "
-                     f"{done:>4.0f}%  {note}")
+        lines.append(
+            f"  {record.id:<48} {record.state:<9} {record.files:>3} files {done:>4.0f}%  {note}"
+        )
     return "\n".join(lines)
 
 
@@ -152,8 +161,11 @@ def run_demo(sessions: int = 3, keep_running: bool = False) -> int:
 
     signal.signal(signal.SIGINT, on_interrupt)
     signal.signal(signal.SIGTERM, on_interrupt)
-    for name, value in (("AWS_ACCESS_KEY_ID", "demo"), ("AWS_SECRET_ACCESS_KEY", "demo"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
+    for name, value in (
+        ("AWS_ACCESS_KEY_ID", "demo"),
+        ("AWS_SECRET_ACCESS_KEY", "demo"),
+        ("AWS_DEFAULT_REGION", "us-east-1"),
+    ):
         os.environ.setdefault(name, value)
     server = LocalS3()
     server.start()
@@ -163,15 +175,19 @@ def run_demo(sessions: int = 3, keep_running: bool = False) -> int:
         ephys.mkdir()
         imaging.mkdir()
         config = workdir / "config.toml"
-        config.write_text(CONFIG_TEMPLATE.format(
-            state=workdir / "state", bucket=DEMO_BUCKET, url=server.url, ephys=ephys,
-            imaging=imaging))
+        config.write_text(
+            CONFIG_TEMPLATE.format(
+                state=workdir / "state",
+                bucket=DEMO_BUCKET,
+                url=server.url,
+                ephys=ephys,
+                imaging=imaging,
+            )
+        )
         settings = load_settings(config)
         log_path = workdir / "agent.log"
         log_stream = log_path.open("w", encoding="utf-8")
         logs.configure("info", log_stream, force_json=True)
-        import boto3
-
         client = boto3.client("s3", endpoint_url=server.url, region_name="us-east-1")
         client.create_bucket(Bucket=DEMO_BUCKET)
         print(f"local S3 server: {server.url}  bucket: {DEMO_BUCKET}")
@@ -195,7 +211,9 @@ def run_demo(sessions: int = 3, keep_running: bool = False) -> int:
                 if uploaded >= sessions and not keep_running:
                     break
                 if time.monotonic() > deadline and not keep_running:
-                    print("the demo did not finish within 120 s; see the agent log", file=sys.stderr)
+                    print(
+                        "the demo did not finish within 120 s; see the agent log", file=sys.stderr
+                    )
                     break
                 stop.wait(1.0)
         finally:

@@ -28,7 +28,7 @@ class Health:
         return NAMES[self.code]
 
 
-def assess(
+def assess(  # noqa: PLR0917 - each input is a different fact from the database
     heartbeat: Heartbeat | None,
     counts: dict[str, int],
     backlog_files: int,

@@ -130,7 +130,9 @@ class Ingest:
         if verdict.ready:
             if record.state != sessions.READY:
                 log.info("session_ready", session=record.id, files=record.files, bytes=record.bytes)
-                self.state.set_session_state(record.id, sessions.READY, completed_at=now, reason=None)
+                self.state.set_session_state(
+                    record.id, sessions.READY, completed_at=now, reason=None
+                )
         elif record.state != sessions.WAITING or record.reason != verdict.reason:
             if record.state != sessions.WAITING:
                 log.info("session_reopened", session=record.id, reason=verdict.reason)
@@ -184,7 +186,9 @@ class Ingest:
     def upload(self, record: SessionRecord) -> UploadOutcome:
         """Upload one session and settle its state: uploaded, back to waiting (a file changed),
         back to ready (interrupted), or failed with the reason and a retry time."""
-        log.info("session_upload_started", session=record.id, files=record.files, bytes=record.bytes)
+        log.info(
+            "session_upload_started", session=record.id, files=record.files, bytes=record.bytes
+        )
         self.state.set_session_state(record.id, sessions.UPLOADING, reason=None)
         started = self.clock()
         try:
@@ -196,18 +200,28 @@ class Ingest:
         elapsed = max(self.clock() - started, 1e-6)
         if outcome.complete:
             log.info(
-                "session_uploaded", session=record.id, files_sent=outcome.files_sent,
-                bytes_sent=outcome.bytes_sent, seconds=round(elapsed, 3),
+                "session_uploaded",
+                session=record.id,
+                files_sent=outcome.files_sent,
+                bytes_sent=outcome.bytes_sent,
+                seconds=round(elapsed, 3),
                 mb_per_s=round(outcome.bytes_sent / elapsed / 1e6, 2),
                 manifest=outcome.manifest_key,
             )
         elif outcome.errors:
-            error = outcome.errors[0]
+            first_error = outcome.errors[0]
             attempts = record.attempts + 1
-            delay = min(self.settings.upload.failed_retry_delay * 2 ** min(attempts - 1, 6), 86400.0)
-            self.state.session_failed(record.id, str(error), self.clock() + delay)
-            log.error("session_failed", session=record.id, error=str(error),
-                      retryable=error.retryable, retry_in_s=round(delay))
+            delay = min(
+                self.settings.upload.failed_retry_delay * 2 ** min(attempts - 1, 6), 86400.0
+            )
+            self.state.session_failed(record.id, str(first_error), self.clock() + delay)
+            log.error(
+                "session_failed",
+                session=record.id,
+                error=str(first_error),
+                retryable=first_error.retryable,
+                retry_in_s=round(delay),
+            )
         elif outcome.interrupted:
             self.state.set_session_state(record.id, sessions.READY, reason="interrupted; resumes")
         else:
@@ -263,7 +277,8 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
                 for f in (state.files_of(session_id) if state is not None and existing else [])
             }
             to_send = [
-                f for f in scan.files
+                f
+                for f in scan.files
                 if done.get(f.rel_path) != (f.size, f.mtime_ns)
                 and unsafe_name_reason(f.rel_path) is None
             ]
@@ -278,17 +293,35 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
                 now,
             )
             record = existing or SessionRecord(
-                id=session_id, source=source.name, rel_path=rel_path,
-                path=str(source.path / rel_path), state="new", files=len(scan.files),
-                bytes=scan.total_bytes, uploaded_bytes=0, key_prefix=prefix,
-                manifest_key=None, manifest_revision=0, metadata=dict(source.metadata),
-                fingerprint="", detected_at=now, last_change_at=now, completed_at=None,
-                uploaded_at=None, error=None, reason=None, attempts=0,
-                next_attempt_at=None, local_missing=False,
+                id=session_id,
+                source=source.name,
+                rel_path=rel_path,
+                path=str(source.path / rel_path),
+                state="new",
+                files=len(scan.files),
+                bytes=scan.total_bytes,
+                uploaded_bytes=0,
+                key_prefix=prefix,
+                manifest_key=None,
+                manifest_revision=0,
+                metadata=dict(source.metadata),
+                fingerprint="",
+                detected_at=now,
+                last_change_at=now,
+                completed_at=None,
+                uploaded_at=None,
+                error=None,
+                reason=None,
+                attempts=0,
+                next_attempt_at=None,
+                local_missing=False,
             )
             planned.append(
                 PlannedSession(
-                    record, verdict, len(to_send), sum(f.size for f in to_send),
+                    record,
+                    verdict,
+                    len(to_send),
+                    sum(f.size for f in to_send),
                     tuple(object_key(prefix, f.rel_path) for f in to_send),
                 )
             )

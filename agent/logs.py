@@ -11,11 +11,17 @@ from typing import Any, TextIO
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
-def configure(level: str = "info", stream: TextIO | None = None, *, force_json: bool = False) -> None:
+def configure(
+    level: str = "info", stream: TextIO | None = None, *, force_json: bool = False
+) -> None:
     """Route structlog events to `stream` (default stderr): a readable console format when it
     is a terminal, JSON lines otherwise (or always with `force_json`)."""
     stream = stream or sys.stderr

@@ -77,12 +77,10 @@ def multipart_etag(part_etags: Iterable[str]) -> str:
     then '-' and the part count. Lets the agent recognise its own objects without checksums
     support on the server."""
     digests = [bytes.fromhex(etag.strip('"')) for etag in part_etags]
-    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"  # noqa: S324
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
-def needs_upload(
-    size: int, mtime_ns: int, uploaded: tuple[int, int] | None
-) -> bool:
+def needs_upload(size: int, mtime_ns: int, uploaded: tuple[int, int] | None) -> bool:
     """A file needs sending unless it was uploaded with the same size and mtime."""
     return uploaded is None or uploaded != (size, mtime_ns)
 

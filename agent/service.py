@@ -76,9 +76,12 @@ class Daemon:
         """Run until asked to stop. Return the process exit code."""
         state = State.open(self.settings.state_db_path)
         store = store_from_settings(
-            self.settings.destination, self.settings.upload, stop=self.stop,
+            self.settings.destination,
+            self.settings.upload,
+            stop=self.stop,
             on_retry=lambda error, attempt, delay: log.warning(
-                "s3_retry", error=str(error), attempt=attempt, delay_s=round(delay, 2)),
+                "s3_retry", error=str(error), attempt=attempt, delay_s=round(delay, 2)
+            ),
         )
         ingest = Ingest(self.settings, state, store, clock=self.clock)
         watcher = Watcher(self.settings.sources, self._on_path)
@@ -94,8 +97,12 @@ class Daemon:
                 target=self._upload_loop, args=(ingest,), name="uploader", daemon=True
             )
             uploader.start()
-            log.info("agent_started", agent=self.settings.agent.name, pid=os.getpid(),
-                     sources=[s.name for s in self.settings.sources])
+            log.info(
+                "agent_started",
+                agent=self.settings.agent.name,
+                pid=os.getpid(),
+                sources=[s.name for s in self.settings.sources],
+            )
             self._main_loop(state, ingest, watcher)
             uploader.join(STOP_GRACE)
         finally:
@@ -106,15 +113,22 @@ class Daemon:
         return 0
 
     def _beat(self, state: State, status: str) -> None:
-        state.beat(pid=os.getpid(), hostname=socket.gethostname(), started_at=self.started_at,
-                   now=self.clock(), status=status)
+        state.beat(
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            started_at=self.started_at,
+            now=self.clock(),
+            status=status,
+        )
 
     def _status_line(self, state: State) -> str:
         counts = state.session_counts()
         files, size = state.backlog()
-        return (f"{counts.get('uploading', 0)} uploading, {counts.get('ready', 0)} ready, "
-                f"{counts.get('waiting', 0)} waiting, {counts.get('failed', 0)} failed; "
-                f"backlog {files} files {size / 1e9:.2f} GB")
+        return (
+            f"{counts.get('uploading', 0)} uploading, {counts.get('ready', 0)} ready, "
+            f"{counts.get('waiting', 0)} waiting, {counts.get('failed', 0)} failed; "
+            f"backlog {files} files {size / 1e9:.2f} GB"
+        )
 
     def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher) -> None:
         next_beat = 0.0
@@ -147,5 +161,5 @@ class Daemon:
                     return
                 try:
                     ingest.upload(record)
-                except Exception:  # noqa: BLE001 - the loop must survive; the error is logged
+                except Exception:
                     log.exception("upload_loop_error", session=record.id)

@@ -154,8 +154,15 @@ def _migration_1(db: sqlite_utils.Database) -> None:
         },
         pk="id",
         not_null={"source", "rel_path", "path", "state", "key_prefix"},
-        defaults={"files": 0, "bytes": 0, "manifest_revision": 0, "attempts": 0,
-                  "local_missing": 0, "metadata": "{}", "fingerprint": ""},
+        defaults={
+            "files": 0,
+            "bytes": 0,
+            "manifest_revision": 0,
+            "attempts": 0,
+            "local_missing": 0,
+            "metadata": "{}",
+            "fingerprint": "",
+        },
     )
     db["sessions"].create_index(["state"])  # type: ignore[union-attr]
     db["files"].create(  # type: ignore[union-attr]
@@ -360,7 +367,9 @@ class State:
         """Every session (or those in `state`), oldest first."""
         where, params = (" where s.state = ?", [state]) if state else ("", [])
         with self._lock:
-            rows = list(self.db.query(_SESSION_SELECT + where + " order by s.detected_at, s.id", params))
+            rows = list(
+                self.db.query(_SESSION_SELECT + where + " order by s.detected_at, s.id", params)
+            )
         return [_session_from_row(row) for row in rows]
 
     def sessions_in(self, states: tuple[str, ...]) -> list[SessionRecord]:
@@ -432,7 +441,9 @@ class State:
         assert record is not None
         return record, changed
 
-    def _sync_files(self, session_id: str, files: tuple[FileStat, ...], keys: dict[str, str]) -> None:
+    def _sync_files(
+        self, session_id: str, files: tuple[FileStat, ...], keys: dict[str, str]
+    ) -> None:
         known = {
             row["rel_path"]: row
             for row in self.db.query("select * from files where session_id = ?", [session_id])
@@ -463,8 +474,12 @@ class State:
             new_state = REFUSED if not key else DONE if same_as_uploaded else PENDING
             self.db["files"].update(  # type: ignore[union-attr]
                 (session_id, item.rel_path),
-                {"size": item.size, "mtime_ns": item.mtime_ns, "inode": item.inode,
-                 "state": new_state},
+                {
+                    "size": item.size,
+                    "mtime_ns": item.mtime_ns,
+                    "inode": item.inode,
+                    "state": new_state,
+                },
             )
         for rel_path, row in known.items():
             if rel_path not in seen and row["state"] != MISSING:
@@ -534,8 +549,18 @@ class State:
                    else state end, checksum = ?, checksum_algorithm = ?, etag = ?,
                    uploaded_size = ?, uploaded_mtime_ns = ?, uploaded_at = ?, error = null
                    where session_id = ? and rel_path = ?""",
-                [record.size, record.mtime_ns, checksum, checksum_algorithm, etag,
-                 record.size, record.mtime_ns, now, record.session_id, record.rel_path],
+                [
+                    record.size,
+                    record.mtime_ns,
+                    checksum,
+                    checksum_algorithm,
+                    etag,
+                    record.size,
+                    record.mtime_ns,
+                    now,
+                    record.session_id,
+                    record.rel_path,
+                ],
             )
             if finished_upload_id is not None:
                 self._forget_upload(finished_upload_id)
@@ -649,9 +674,16 @@ class State:
         with self._transaction():
             self.db["sessions"].update(  # type: ignore[union-attr]
                 session_id,
-                {"state": "uploaded", "manifest_key": key, "manifest_revision": revision,
-                 "uploaded_at": now, "error": None, "reason": None, "attempts": 0,
-                 "next_attempt_at": None},
+                {
+                    "state": "uploaded",
+                    "manifest_key": key,
+                    "manifest_revision": revision,
+                    "uploaded_at": now,
+                    "error": None,
+                    "reason": None,
+                    "attempts": 0,
+                    "next_attempt_at": None,
+                },
             )
 
     # --- heartbeat, status ----------------------------------------------------------------
@@ -660,8 +692,15 @@ class State:
         """Record that the daemon is alive."""
         with self._transaction():
             self.db["heartbeat"].upsert(  # type: ignore[union-attr]
-                {"id": 1, "pid": pid, "hostname": hostname, "started_at": started_at,
-                 "beat_at": now, "stopped_at": None, "status": status},
+                {
+                    "id": 1,
+                    "pid": pid,
+                    "hostname": hostname,
+                    "started_at": started_at,
+                    "beat_at": now,
+                    "stopped_at": None,
+                    "status": status,
+                },
                 pk="id",
             )
 
@@ -677,8 +716,14 @@ class State:
         if not rows:
             return None
         row = rows[0]
-        return Heartbeat(row["pid"], row["hostname"], row["started_at"], row["beat_at"],
-                         row["stopped_at"], row["status"] or "")
+        return Heartbeat(
+            row["pid"],
+            row["hostname"],
+            row["started_at"],
+            row["beat_at"],
+            row["stopped_at"],
+            row["status"] or "",
+        )
 
     def session_counts(self) -> dict[str, int]:
         """Number of sessions per state."""

@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import boto3
 import botocore.exceptions
@@ -89,7 +89,9 @@ def classify_error(error: BaseException, operation: str, key: str) -> TransferEr
         if code in _RETRYABLE_CODES or status >= 500 or status == 429:
             return RetryableTransferError(operation, key, reason)
         return PermanentTransferError(operation, key, reason)
-    if isinstance(error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError):
+    if isinstance(
+        error, botocore.exceptions.NoCredentialsError | botocore.exceptions.PartialCredentialsError
+    ):
         return PermanentTransferError(
             operation, key, f"{error}; set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or a profile"
         )
@@ -187,7 +189,7 @@ class S3Store:
                 return action()
             except Interrupted:
                 raise
-            except Exception as raw:  # noqa: BLE001 - classified right here
+            except Exception as raw:
                 error = classify_error(raw, operation, key)
                 if not error.retryable or attempt >= self.retries:
                     raise error from raw
@@ -331,7 +333,7 @@ class S3Store:
             arguments[f"Checksum{S3_ALGORITHM_NAMES[checksum[0]]}"] = checksum[1]
 
         def action() -> str:
-            answer = self.client.upload_part(**arguments, Body=self._body(data))
+            answer = self.client.upload_part(**arguments, Body=cast(IO[bytes], self._body(data)))
             return str(answer["ETag"]).strip('"')
 
         return self._call("UploadPart", key, action)
@@ -352,7 +354,10 @@ class S3Store:
 
         def action() -> str:
             answer = self.client.complete_multipart_upload(
-                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": listed}
+                Bucket=self.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
             )
             return str(answer.get("ETag", "")).strip('"')
 
@@ -399,9 +404,7 @@ class S3Store:
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
         while True:
             try:
-                page = self._call(
-                    "ListParts", key, lambda: self.client.list_parts(**arguments)
-                )
+                page = self._call("ListParts", key, lambda: self.client.list_parts(**arguments))
             except NotImplementedByServerError:
                 self.list_parts_supported = False
                 return None

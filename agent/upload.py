@@ -13,6 +13,7 @@ sent again.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -184,9 +185,12 @@ class SessionUploader:
         large: list[FileRecord] = []
         for record in pending:
             upload = self.state.upload_for(session.id, record.rel_path)
-            if upload is None and record.key in remote_sizes and remote_sizes[record.key] == record.size:
-                if self._already_there(session, record, outcome):
-                    continue
+            if (
+                upload is None
+                and remote_sizes.get(record.key) == record.size
+                and self._already_there(session, record, outcome)
+            ):
+                continue
             if record.size < self.settings.upload.multipart_threshold and upload is None:
                 small.append(record)
             else:
@@ -210,7 +214,9 @@ class SessionUploader:
                     failed.set()
                 else:
                     outcome.errors.append(
-                        PermanentTransferError("upload", unit.record.key, f"{type(error).__name__}: {error}")
+                        PermanentTransferError(
+                            "upload", unit.record.key, f"{type(error).__name__}: {error}"
+                        )
                     )
                     failed.set()
 
@@ -230,7 +236,7 @@ class SessionUploader:
                         self.budget.release(unit.reserved)
                         break
                     future = pool.submit(send, unit)
-                    future.add_done_callback(lambda done, unit=unit: finished(unit, done))
+                    future.add_done_callback(functools.partial(finished, unit))
             except Interrupted:
                 outcome.interrupted = True
             except TransferError as error:
@@ -276,7 +282,10 @@ class SessionUploader:
         if match is None:
             return False
         self.state.file_uploaded(
-            record, checksum=match, checksum_algorithm=self.algorithm, etag=info.etag,
+            record,
+            checksum=match,
+            checksum_algorithm=self.algorithm,
+            etag=info.etag,
             now=self.clock(),
         )
         outcome.files_already_there += 1
@@ -346,8 +355,12 @@ class SessionUploader:
                 on_server = self.store.list_parts(upload.key, upload.upload_id)
             except NoSuchUploadError:
                 on_server = {}
-                if not upload.parts or len(upload.parts) < len(plan_parts(upload.size, upload.part_size)):
-                    log.warning("upload_unknown_to_server", key=upload.key, upload_id=upload.upload_id)
+                if not upload.parts or len(upload.parts) < len(
+                    plan_parts(upload.size, upload.part_size)
+                ):
+                    log.warning(
+                        "upload_unknown_to_server", key=upload.key, upload_id=upload.upload_id
+                    )
                     self.state.upload_finished(upload.upload_id)
                     upload = None
                 else:
@@ -356,13 +369,18 @@ class SessionUploader:
             if upload is not None and on_server is not None:
                 lost = [p for p in upload.parts if on_server.get(p.number) != p.etag]
                 if lost:
-                    log.warning("parts_missing_on_server", key=upload.key,
-                                parts=[p.number for p in lost])
+                    log.warning(
+                        "parts_missing_on_server", key=upload.key, parts=[p.number for p in lost]
+                    )
                     self.state.forget_parts(upload.upload_id, [p.number for p in lost])
                     upload = self.state.upload_for(record.session_id, record.rel_path)
         if upload is not None:
-            log.info("upload_resumed", key=upload.key, upload_id=upload.upload_id,
-                     parts_done=len(upload.parts))
+            log.info(
+                "upload_resumed",
+                key=upload.key,
+                upload_id=upload.upload_id,
+                parts_done=len(upload.parts),
+            )
             return upload
         part_size = part_size_for(record.size, self.settings.upload.part_size)
         upload_id = self.store.create_multipart(
@@ -371,8 +389,11 @@ class SessionUploader:
             checksum_algorithm=self.algorithm if self.send_checksums else None,
         )
         self.state.upload_started(
-            upload_id=upload_id, record=record, part_size=part_size,
-            checksum_algorithm=self.algorithm, now=self.clock(),
+            upload_id=upload_id,
+            record=record,
+            part_size=part_size,
+            checksum_algorithm=self.algorithm,
+            now=self.clock(),
         )
         fresh = self.state.upload_for(record.session_id, record.rel_path)
         assert fresh is not None
@@ -391,14 +412,18 @@ class SessionUploader:
         if start:
             previous = parts[start - 1]
             running = RunningChecksum.resume(
-                self.algorithm, done[previous.number].running_checksum,
+                self.algorithm,
+                done[previous.number].running_checksum,
                 previous.offset + previous.length,
             )
         if running is None:
             start = 0
             running = RunningChecksum(self.algorithm)
         job = _MultipartJob(
-            record, path, upload.upload_id, upload.part_size,
+            record,
+            path,
+            upload.upload_id,
+            upload.part_size,
             remaining={p.number for p in parts if p.number not in done},
         )
         with path.open("rb") as handle:
@@ -419,7 +444,11 @@ class SessionUploader:
                 if part.number == parts[-1].number:
                     job.checksum = running.value()
                 yield _Unit(
-                    record, data, reserved, part=part, job=job,
+                    record,
+                    data,
+                    reserved,
+                    part=part,
+                    job=job,
                     part_checksum=digest_b64(self.algorithm, data) if self.send_checksums else None,
                     running_checksum=running.save(),
                 )
@@ -469,15 +498,21 @@ class SessionUploader:
         first_time = record.uploaded_size is None
         try:
             etag = self.store.put(
-                record.key, unit.data, metadata=metadata,
-                checksum=self._header(unit.checksum), only_if_absent=first_time,
+                record.key,
+                unit.data,
+                metadata=metadata,
+                checksum=self._header(unit.checksum),
+                only_if_absent=first_time,
             )
         except PreconditionFailedError:
             etag = self._settle_existing(record, unit, metadata)
         path = Path(session.path) / record.rel_path
         self._check_unchanged(path, record)
         self.state.file_uploaded(
-            record, checksum=unit.checksum, checksum_algorithm=self.algorithm, etag=etag,
+            record,
+            checksum=unit.checksum,
+            checksum_algorithm=self.algorithm,
+            etag=etag,
             now=self.clock(),
         )
 
@@ -487,15 +522,18 @@ class SessionUploader:
         assert unit.checksum is not None
         info = self.store.head(record.key)
         if info is None:
-            return self.store.put(record.key, unit.data, metadata=metadata,
-                                  checksum=self._header(unit.checksum))
+            return self.store.put(
+                record.key, unit.data, metadata=metadata, checksum=self._header(unit.checksum)
+            )
         if info.size == record.size and info.metadata.get("agent-checksum") == unit.checksum:
             return info.etag
         if info.metadata.get(AGENT_METADATA_MARK) == self.settings.agent.name:
-            return self.store.put(record.key, unit.data, metadata=metadata,
-                                  checksum=self._header(unit.checksum))
+            return self.store.put(
+                record.key, unit.data, metadata=metadata, checksum=self._header(unit.checksum)
+            )
         raise PermanentTransferError(
-            "PutObject", record.key,
+            "PutObject",
+            record.key,
             "an object not written by this agent is already at this key; refusing to overwrite "
             "it (move it away or change the destination prefix)",
         )
@@ -522,17 +560,27 @@ class SessionUploader:
             if info is None or info.size != record.size or info.etag != expected_etag:
                 self.state.upload_finished(upload.upload_id)
                 raise RetryableTransferError(
-                    "CompleteMultipartUpload", upload.key,
+                    "CompleteMultipartUpload",
+                    upload.key,
                     "the server lost the upload before it completed; the file will be sent again",
                 ) from None
             etag = info.etag
         assert job.checksum is not None
         self.state.file_uploaded(
-            record, checksum=job.checksum, checksum_algorithm=self.algorithm, etag=etag,
-            now=self.clock(), finished_upload_id=upload.upload_id,
+            record,
+            checksum=job.checksum,
+            checksum_algorithm=self.algorithm,
+            etag=etag,
+            now=self.clock(),
+            finished_upload_id=upload.upload_id,
         )
-        log.info("file_uploaded", session=session.id, file=record.rel_path, bytes=record.size,
-                 parts=len(parts))
+        log.info(
+            "file_uploaded",
+            session=session.id,
+            file=record.rel_path,
+            bytes=record.size,
+            parts=len(parts),
+        )
 
     # --- manifest -----------------------------------------------------------------------------
 
@@ -541,8 +589,13 @@ class SessionUploader:
         now = self.clock()
         files = [
             {
-                "rel_path": f.rel_path, "key": f.key, "size": f.size, "mtime_ns": f.mtime_ns,
-                "checksum_algorithm": f.checksum_algorithm, "checksum": f.checksum, "etag": f.etag,
+                "rel_path": f.rel_path,
+                "key": f.key,
+                "size": f.size,
+                "mtime_ns": f.mtime_ns,
+                "checksum_algorithm": f.checksum_algorithm,
+                "checksum": f.checksum,
+                "etag": f.etag,
             }
             for f in self.state.files_of(session.id)
             if f.state == "uploaded"
@@ -555,8 +608,11 @@ class SessionUploader:
         revision = session.manifest_revision + 1
         document: dict[str, Any] = build_manifest(
             session={
-                "id": session.id, "source": session.source, "rel_path": session.rel_path,
-                "key_prefix": session.key_prefix, "metadata": session.metadata,
+                "id": session.id,
+                "source": session.source,
+                "rel_path": session.rel_path,
+                "key_prefix": session.key_prefix,
+                "metadata": session.metadata,
             },
             files=files,
             agent_name=self.settings.agent.name,
@@ -568,14 +624,18 @@ class SessionUploader:
             document["refused"] = refused
         body = json.dumps(document, indent=1, sort_keys=True).encode()
         self.store.put(
-            key, body,
-            metadata={AGENT_METADATA_MARK: self.settings.agent.name,
-                      "agent-manifest-revision": str(revision)},
+            key,
+            body,
+            metadata={
+                AGENT_METADATA_MARK: self.settings.agent.name,
+                "agent-manifest-revision": str(revision),
+            },
             content_type="application/json",
         )
         self.state.manifest_written(session.id, key=key, revision=revision, now=now)
-        log.info("manifest_written", session=session.id, key=key, revision=revision,
-                 files=len(files))
+        log.info(
+            "manifest_written", session=session.id, key=key, revision=revision, files=len(files)
+        )
         return key
 
 
@@ -597,7 +657,7 @@ def _local_matches(path: Path, info: ObjectInfo, algorithm: str) -> str | None:
                     break
                 running.update(block)
                 if part_size:
-                    part_digests.append(hashlib.md5(block).hexdigest())  # noqa: S324
+                    part_digests.append(hashlib.md5(block).hexdigest())
                 if not block:
                     break
     except OSError:

@@ -24,8 +24,25 @@ from agent.config import SourceSettings
 log = structlog.get_logger("agent.watch")
 
 NETWORK_FILESYSTEMS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs", "9p", "afs", "ceph", "glusterfs",
-     "fuse.glusterfs", "lustre", "beegfs", "gpfs", "davfs", "fuse.rclone", "fuse.s3fs"}
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb3",
+        "smbfs",
+        "fuse.sshfs",
+        "9p",
+        "afs",
+        "ceph",
+        "glusterfs",
+        "fuse.glusterfs",
+        "lustre",
+        "beegfs",
+        "gpfs",
+        "davfs",
+        "fuse.rclone",
+        "fuse.s3fs",
+    }
 )
 
 
@@ -68,7 +85,9 @@ class _Handler(FileSystemEventHandler):
 class Watcher:
     """Watches every source; calls `on_path` (from watchdog's threads) for each path touched."""
 
-    def __init__(self, sources: tuple[SourceSettings, ...], on_path: Callable[[Path], None]) -> None:
+    def __init__(
+        self, sources: tuple[SourceSettings, ...], on_path: Callable[[Path], None]
+    ) -> None:
         self.sources = sources
         self.on_path = on_path
         self.observers: list[BaseObserver] = []
@@ -91,9 +110,10 @@ class Watcher:
                 except OSError as error:
                     if error.errno in (errno.ENOSPC, errno.EMFILE):
                         log.error(
-                            "inotify_limit_reached", source=source.name,
+                            "inotify_limit_reached",
+                            source=source.name,
                             hint="raise it: sysctl -w fs.inotify.max_user_watches=1048576 "
-                                 "(and fs.inotify.max_user_instances); polling meanwhile",
+                            "(and fs.inotify.max_user_instances); polling meanwhile",
                         )
                     else:
                         log.error("inotify_failed", source=source.name, error=str(error))
