@@ -73,8 +73,9 @@ def judge(observation: Observation, rule: Rule, now: float) -> Verdict:
     quiet_until = last_change + rule.quiet_period
     old_enough_at = observation.first_seen + rule.min_age
     ready_at = max(quiet_until, old_enough_at)
-    if now < quiet_until:
+    # Durations are compared (not sums of times) so tiny periods are not lost to rounding.
+    if now - last_change < rule.quiet_period:
         return Verdict(False, f"waiting for {rule.quiet_period:g}s without changes", ready_at)
-    if now < old_enough_at:
-        return Verdict(False, f"younger than min_age {rule.min_age:.0f}s", ready_at)
+    if now - observation.first_seen < rule.min_age:
+        return Verdict(False, f"younger than min_age {rule.min_age:g}s", ready_at)
     return Verdict(True, "complete", ready_at)

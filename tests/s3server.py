@@ -1,0 +1,186 @@
+"""A real S3 server for tests: moto's WSGI application served over HTTP on 127.0.0.1, behind
+a thin middleware that logs requests and can inject what no server does on demand: 5xx
+answers, a missing ListParts or If-None-Match, and a process kill right after the server has
+done a request's work (to simulate a crash before the client records it)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qs
+
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import BaseWSGIServer, make_server
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+
+
+def operation_of(method: str, path: str, query: dict[str, list[str]]) -> str:
+    """Name the S3 operation of a request, as the tests count them."""
+    key = path.strip("/").count("/") >= 1
+    if method == "PUT" and "partNumber" in query:
+        return "UploadPart"
+    if method == "PUT" and key:
+        return "PutObject"
+    if method == "POST" and "uploads" in query:
+        return "CreateMultipartUpload"
+    if method == "POST" and "uploadId" in query:
+        return "CompleteMultipartUpload"
+    if method == "DELETE" and "uploadId" in query:
+        return "AbortMultipartUpload"
+    if method == "GET" and "uploadId" in query:
+        return "ListParts"
+    if method == "GET" and "uploads" in query:
+        return "ListMultipartUploads"
+    if method == "HEAD" and key:
+        return "HeadObject"
+    if method == "GET" and key:
+        return "GetObject"
+    if method == "GET":
+        return "ListObjects"
+    return f"{method} {path}"
+
+
+@dataclass
+class Request:
+    """One request the server received."""
+
+    operation: str
+    path: str
+    query: dict[str, list[str]]
+
+    @property
+    def part_number(self) -> int | None:
+        """The part number of an UploadPart."""
+        values = self.query.get("partNumber")
+        return int(values[0]) if values else None
+
+
+@dataclass
+class Fault:
+    """Answer the next `times` requests of `operation` with an error instead of serving them."""
+
+    operation: str
+    status: int
+    code: str
+    times: int
+
+
+@dataclass
+class KillAfter:
+    """After the `nth` request of `operation` is served, SIGKILL `pid` before answering;
+    or call `action` (for a test that changes a file mid-upload)."""
+
+    operation: str
+    nth: int
+    pid: int | None = None
+    action: Callable[[], None] | None = None
+    seen: int = 0
+    fired: threading.Event = field(default_factory=threading.Event)
+
+
+class S3TestServer:
+    """moto on a free loopback port, with a request log and fault injection."""
+
+    def __init__(self) -> None:
+        self.requests: list[Request] = []
+        self.faults: list[Fault] = []
+        self.kills: list[KillAfter] = []
+        self.list_parts_supported = True
+        self.conditional_writes_supported = True
+        self._lock = threading.Lock()
+        self._moto = DomainDispatcherApplication(create_backend_app)
+        logging.getLogger("werkzeug").setLevel(logging.ERROR)
+        self._server: BaseWSGIServer = make_server(
+            "127.0.0.1", 0, self._app, threaded=True, request_handler=MotoRequestHandler
+        )
+        self.port = int(self._server.server_port)
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and join the thread."""
+        self._server.shutdown()
+        self._thread.join(10)
+
+    def reset(self) -> None:
+        """Forget requests and injected behaviour (not the stored objects)."""
+        with self._lock:
+            self.requests.clear()
+            self.faults.clear()
+            self.kills.clear()
+            self.list_parts_supported = True
+            self.conditional_writes_supported = True
+
+    def count(self, operation: str) -> int:
+        """How many requests of `operation` were received."""
+        with self._lock:
+            return sum(1 for request in self.requests if request.operation == operation)
+
+    def of(self, operation: str) -> list[Request]:
+        """The requests of `operation`, in order."""
+        with self._lock:
+            return [request for request in self.requests if request.operation == operation]
+
+    @staticmethod
+    def _error(start_response: StartResponse, status: int, code: str) -> Iterable[bytes]:
+        body = (
+            f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
+            f"<Message>injected by the test server</Message></Error>"
+        ).encode()
+        start_response(f"{status} {code}", [("Content-Type", "application/xml"),
+                                            ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _app(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO", "")
+        query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        operation = operation_of(method, path, query)
+        with self._lock:
+            self.requests.append(Request(operation, path, query))
+            for fault in self.faults:
+                if fault.operation == operation and fault.times > 0:
+                    fault.times -= 1
+                    return self._error(start_response, fault.status, fault.code)
+            kill = None
+            for candidate in self.kills:
+                if candidate.operation == operation and not candidate.fired.is_set():
+                    candidate.seen += 1
+                    if candidate.seen == candidate.nth:
+                        kill = candidate
+        if operation == "ListParts" and not self.list_parts_supported:
+            return self._error(start_response, 501, "NotImplemented")
+        if not self.conditional_writes_supported:
+            environ.pop("HTTP_IF_NONE_MATCH", None)
+        if kill is None:
+            return self._moto(environ, start_response)  # type: ignore[no-any-return]
+        # Let moto do the work and drain its answer, then crash the client before it hears.
+        captured: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+            captured["status"], captured["headers"] = status, headers
+            return lambda data: None
+
+        body = b"".join(self._moto(environ, capture))
+        if kill.pid is not None:
+            os.kill(kill.pid, signal.SIGKILL)
+        if kill.action is not None:
+            kill.action()
+        kill.fired.set()
+        start_response(captured["status"], captured["headers"])
+        return [body]

@@ -1,0 +1,106 @@
+"""Configuration: valid files load; bad ones report every problem at once and create nothing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from agent.config import load_settings, parse_duration, parse_size
+from agent.errors import ConfigError
+from tests.conftest import Rig, write_config
+
+
+def test_valid_config_loads(make_rig: object, tmp_path: Path) -> None:
+    rig: Rig = make_rig()  # type: ignore[operator]
+    settings = rig.settings()
+    assert settings.destination.prefix == "rig-01"
+    assert settings.sources[0].quiet_period == 1.0
+    assert settings.upload.part_size == 5 * 1024**2
+    assert "*.tmp" in settings.sources[0].exclude
+
+
+def test_bad_config_lists_every_problem_and_creates_nothing(tmp_path: Path) -> None:
+    state_dir = tmp_path / "state-must-not-exist"
+    config = write_config(
+        tmp_path / "bad.toml",
+        f"""
+[agent]
+state_dir = "{state_dir}"
+colour = "blue"
+
+[destination]
+prefix = "x"
+
+[upload]
+concurrency = "four"
+
+[[source]]
+name = "ephys"
+path = "{tmp_path / "no-such-dir"}"
+quiet_period = "5 minutes"
+""",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config)
+    text = str(caught.value)
+    assert "agent.colour: unknown key" in text
+    assert "destination.bucket: is required" in text
+    assert "upload.concurrency: expected an integer" in text
+    assert "no-such-dir does not exist" in text
+    assert "source[0].quiet_period: '5 minutes' is not a duration" in text
+    assert all(str(config) in str(problem) for problem in caught.value.problems)
+    assert not state_dir.exists()
+
+
+def test_check_config_cli_exits_2_with_every_problem(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    config = write_config(
+        tmp_path / "bad.toml",
+        '[destination]\nbucket = 3\n[[source]]\nname = "a b"\npath = "relative"\n',
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", "check-config", "--config", str(config)],
+        capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 2
+    assert "destination.bucket" in result.stderr
+    assert "source[0].name" in result.stderr
+    assert "source[0].path" in result.stderr
+
+
+def test_missing_file_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        load_settings(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(90, 90.0), ("90s", 90.0), ("5m", 300.0), ("1h", 3600.0), ("1.5m", 90.0), ("250ms", 0.25)],
+)
+def test_durations(text: object, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["5 minutes", "", "m5", "-3", True, [1]])
+def test_bad_durations(text: object) -> None:
+    with pytest.raises(ValueError, match=r"duration|expected|negative"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [(1024, 1024), ("16MiB", 16 * 1024**2), ("5 GB", 5 * 10**9), ("1KiB", 1024), ("2kb", 2000)],
+)
+def test_sizes(text: object, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@given(st.integers(min_value=0, max_value=10**6), st.sampled_from(["s", "m", "h"]))
+def test_duration_round_trip(value: int, unit: str) -> None:
+    factor = {"s": 1, "m": 60, "h": 3600}[unit]
+    assert parse_duration(f"{value}{unit}") == value * factor
