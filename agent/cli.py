@@ -115,12 +115,10 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
     state = State.open(settings.state_db_path)
     try:
         heartbeat = state.heartbeat()
-        now = time.time()
-        if (
-            heartbeat is not None
-            and heartbeat.stopped_at is None
-            and now - heartbeat.beat_at < settings.agent.heartbeat_stale
-        ):
+        if heartbeat is not None and health.assess(
+            heartbeat, {}, 0, None, time.time(), settings.agent.heartbeat_stale,
+            health.process_alive(heartbeat),
+        ).daemon_running:
             print(
                 f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
                 "stop it before running sync",
@@ -129,9 +127,13 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
             return EXIT_FAILED
         store = store_from_settings(settings.destination, settings.upload)
         ingest = Ingest(settings, state, store)
-        ingest.recover()
         started = time.monotonic()
         ingest.reconcile()
+        try:
+            ingest.recover()
+        except TransferError as error:
+            # Each session's upload will meet the same problem and record it as its reason.
+            print(f"recovery skipped: {error}", file=sys.stderr)
         files = size = 0
         failed: list[str] = []
         uploaded: list[str] = []
@@ -141,8 +143,9 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
             size += outcome.bytes_sent
             if outcome.complete:
                 uploaded.append(record.id)
-            else:
+            elif outcome.errors:
                 failed.append(record.id)
+            # else: a file changed while being sent; the session waits to be quiet again.
         waiting = len(state.sessions_in(("waiting",)))
         seconds = max(time.monotonic() - started, 1e-6)
     finally:
@@ -246,7 +249,8 @@ def cmd_status(arguments: argparse.Namespace) -> int:
     finally:
         state.close()
     verdict = health.assess(
-        heartbeat, counts, files, last_error, time.time(), settings.agent.heartbeat_stale
+        heartbeat, counts, files, last_error, time.time(), settings.agent.heartbeat_stale,
+        health.process_alive(heartbeat) if heartbeat else None,
     )
     if arguments.json:
         print(

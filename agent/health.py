@@ -5,6 +5,8 @@ Nagios plugin conventions: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
 
 from __future__ import annotations
 
+import os
+import socket
 from dataclasses import dataclass
 
 from agent.state import Heartbeat
@@ -28,6 +30,19 @@ class Health:
         return NAMES[self.code]
 
 
+def process_alive(heartbeat: Heartbeat) -> bool | None:
+    """Whether the heartbeat's process still exists: None when it ran on another host."""
+    if heartbeat.hostname != socket.gethostname():
+        return None
+    try:
+        os.kill(heartbeat.pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def assess(  # noqa: PLR0917 - each input is a different fact from the database
     heartbeat: Heartbeat | None,
     counts: dict[str, int],
@@ -35,6 +50,7 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     last_error: tuple[str, str] | None,
     now: float,
     stale_after: float,
+    alive: bool | None = None,
 ) -> Health:
     """Given the daemon's heartbeat, session counts, backlog and last error, return health.
 
@@ -43,12 +59,22 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     """
     failed = counts.get("failed", 0)
     age = None if heartbeat is None else max(0.0, now - heartbeat.beat_at)
-    running = heartbeat is not None and heartbeat.stopped_at is None and (age or 0) <= stale_after
+    running = (
+        heartbeat is not None
+        and heartbeat.stopped_at is None
+        and (age or 0) <= stale_after
+        and alive is not False
+    )
     waiting = f"{backlog_files} files waiting to upload"
     if heartbeat is None:
         return Health(WARNING, f"daemon has never run; {waiting}", False, None)
     if heartbeat.stopped_at is not None:
         return Health(CRITICAL, f"daemon stopped (pid {heartbeat.pid}); {waiting}", False, age)
+    if alive is False:
+        return Health(
+            CRITICAL, f"daemon (pid {heartbeat.pid}) is gone without stopping cleanly; {waiting}",
+            False, age,
+        )
     if not running:
         return Health(
             CRITICAL,

@@ -95,6 +95,7 @@ def make_rig(tmp_path: Path, s3_server: S3TestServer, client: Any) -> Callable[.
         agent_extra: str = "",
         quiet_period: str = "1s",
         create_bucket: bool = True,
+        concurrency: int = 3,
     ) -> Rig:
         bucket = f"test-bucket-{os.getpid()}-{next(_bucket_numbers)}"
         if create_bucket:
@@ -120,7 +121,7 @@ region = "us-east-1"
 {destination_extra}
 
 [upload]
-concurrency = 3
+concurrency = {concurrency}
 part_size = "5MiB"
 multipart_threshold = "6MiB"
 retry_delay = "0.05s"
@@ -137,6 +138,26 @@ quiet_period = "{quiet_period}"
         return Rig(tmp_path, source, state_dir, config, bucket, "rig-01")
 
     return build
+
+
+def start_daemon(rig: Rig) -> subprocess.Popen[str]:
+    """Start `agentctl run` for the rig as a child process (stdin closed, logs captured)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "run", "--config", str(rig.config)],
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def stop_daemon(process: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
+    """SIGTERM the daemon, wait for it, return (exit code, its log)."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        _, errors = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        _, errors = process.communicate()
+    return process.returncode, errors
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 30.0, interval: float = 0.1) -> bool:
