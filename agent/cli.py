@@ -115,10 +115,18 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
     state = State.open(settings.state_db_path)
     try:
         heartbeat = state.heartbeat()
-        if heartbeat is not None and health.assess(
-            heartbeat, {}, 0, None, time.time(), settings.agent.heartbeat_stale,
-            health.process_alive(heartbeat),
-        ).daemon_running:
+        if (
+            heartbeat is not None
+            and health.assess(
+                heartbeat,
+                {},
+                0,
+                None,
+                time.time(),
+                settings.agent.heartbeat_stale,
+                health.process_alive(heartbeat),
+            ).daemon_running
+        ):
             print(
                 f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
                 "stop it before running sync",
@@ -249,7 +257,12 @@ def cmd_status(arguments: argparse.Namespace) -> int:
     finally:
         state.close()
     verdict = health.assess(
-        heartbeat, counts, files, last_error, time.time(), settings.agent.heartbeat_stale,
+        heartbeat,
+        counts,
+        files,
+        last_error,
+        time.time(),
+        settings.agent.heartbeat_stale,
         health.process_alive(heartbeat) if heartbeat else None,
     )
     if arguments.json:

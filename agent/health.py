@@ -72,8 +72,10 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
         return Health(CRITICAL, f"daemon stopped (pid {heartbeat.pid}); {waiting}", False, age)
     if alive is False:
         return Health(
-            CRITICAL, f"daemon (pid {heartbeat.pid}) is gone without stopping cleanly; {waiting}",
-            False, age,
+            CRITICAL,
+            f"daemon (pid {heartbeat.pid}) is gone without stopping cleanly; {waiting}",
+            False,
+            age,
         )
     if not running:
         return Health(

@@ -72,7 +72,10 @@ class Rig:
         """Run `python -m agent` with this rig's config in a child process."""
         return subprocess.run(
             [sys.executable, "-m", "agent", *arguments, "--config", str(self.config)],
-            capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
             check=False,
         )
 
@@ -144,7 +147,10 @@ def start_daemon(rig: Rig) -> subprocess.Popen[str]:
     """Start `agentctl run` for the rig as a child process (stdin closed, logs captured)."""
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--config", str(rig.config)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -142,8 +142,10 @@ class S3TestServer:
             f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{code}</Code>'
             f"<Message>injected by the test server</Message></Error>"
         ).encode()
-        start_response(f"{status} {code}", [("Content-Type", "application/xml"),
-                                            ("Content-Length", str(len(body)))])
+        start_response(
+            f"{status} {code}",
+            [("Content-Type", "application/xml"), ("Content-Length", str(len(body)))],
+        )
         return [body]
 
     def _app(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:

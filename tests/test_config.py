@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -56,16 +58,15 @@ quiet_period = "5 minutes"
 
 
 def test_check_config_cli_exits_2_with_every_problem(tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     config = write_config(
         tmp_path / "bad.toml",
         '[destination]\nbucket = 3\n[[source]]\nname = "a b"\npath = "relative"\n',
     )
     result = subprocess.run(
         [sys.executable, "-m", "agent", "check-config", "--config", str(config)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 2
     assert "destination.bucket" in result.stderr
@@ -104,3 +105,13 @@ def test_sizes(text: object, size: int) -> None:
 def test_duration_round_trip(value: int, unit: str) -> None:
     factor = {"s": 1, "m": 60, "h": 3600}[unit]
     assert parse_duration(f"{value}{unit}") == value * factor
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    example = (Path(__file__).parent.parent / "config.example.toml").read_text()
+    text = example.replace('"/data/recordings"', f'"{tmp_path}"').replace(
+        '"/var/lib/ingest-agent"', f'"{tmp_path / "state"}"'
+    )
+    settings = load_settings(write_config(tmp_path / "example.toml", text))
+    assert settings.destination.bucket == "lab-raw"
+    assert settings.sources[0].name == "ephys"

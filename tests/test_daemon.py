@@ -72,8 +72,9 @@ def test_directory_created_with_files_inside_is_found(make_rig: Callable[..., Ri
 def test_reconcile_alone_uploads_everything_with_watcher_off(
     make_rig: Callable[..., Rig],
 ) -> None:
-    rig = make_rig(quiet_period="1s", source_extra='watch = "off"',
-                   agent_extra='rescan_interval = "1s"')
+    rig = make_rig(
+        quiet_period="1s", source_extra='watch = "off"', agent_extra='rescan_interval = "1s"'
+    )
     daemon = start_daemon(rig)
     try:
         for index in range(3):

@@ -87,8 +87,9 @@ def test_part_plan_covers_file_within_limits(size: int, preferred: int) -> None:
         parts = plan_parts(size, part_size)
         assert sum(part.length for part in parts) == size
         assert [part.number for part in parts] == list(range(1, len(parts) + 1))
-        assert all(parts[i].offset + parts[i].length == parts[i + 1].offset
-                   for i in range(len(parts) - 1))
+        assert all(
+            parts[i].offset + parts[i].length == parts[i + 1].offset for i in range(len(parts) - 1)
+        )
 
 
 @given(st.text(max_size=40))
@@ -128,8 +129,10 @@ def test_checksums_match_independent_implementations() -> None:
     crc = zlib.crc32(data).to_bytes(4, "big")
     assert digest_b64("crc32", data) == base64.b64encode(crc).decode()
     # CRC32C check value from RFC 3720: "123456789" -> 0xE3069283
-    assert digest_b64("crc32c", b"123456789") == base64.b64encode(
-        (0xE3069283).to_bytes(4, "big")).decode()
+    assert (
+        digest_b64("crc32c", b"123456789")
+        == base64.b64encode((0xE3069283).to_bytes(4, "big")).decode()
+    )
 
 
 def test_token_bucket_holds_rate_on_a_driven_clock() -> None:

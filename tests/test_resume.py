@@ -132,8 +132,9 @@ def test_lost_upload_id_restarts_the_file(
     _, data = make_session(rig)
     crash_daemon_at(rig, s3, "UploadPart", 2)
     for upload in client.list_multipart_uploads(Bucket=rig.bucket).get("Uploads", []):
-        client.abort_multipart_upload(Bucket=rig.bucket, Key=upload["Key"],
-                                      UploadId=upload["UploadId"])
+        client.abort_multipart_upload(
+            Bucket=rig.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+        )
     finish_with_sync(rig)
     assert_landed(rig, client, data)
     assert s3.count("CreateMultipartUpload") == 2
