@@ -201,6 +201,7 @@ def _sync_dry_run(settings: Settings, as_json: bool) -> int:
             "bytes": p.bytes,
             "key_prefix": p.record.key_prefix,
             "keys": list(p.keys),
+            "refused": [{"path": path, "reason": reason} for path, reason in p.refused],
         }
         for p in planned
     ]
@@ -223,6 +224,8 @@ def _sync_dry_run(settings: Settings, as_json: bool) -> int:
             print(f"      {key}")
         if row["ready"] and len(row["keys"]) > 5:
             print(f"      ... and {len(row['keys']) - 5} more")
+        for refusal in row["refused"]:
+            print(f"      refused {refusal['path']!r}: {refusal['reason']}")
     return EXIT_OK
 
 

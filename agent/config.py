@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from agent.errors import ConfigError, ConfigProblem
+from agent.planning import BUILTIN_KEY_FIELDS, DEFAULT_KEY_TEMPLATE, Layout, template_fields
 
 DEFAULT_CONFIG_PATH = "/etc/ingest-agent/config.toml"
 DEFAULT_STATE_DIR = "/var/lib/ingest-agent"
@@ -104,6 +105,10 @@ class SourceSettings:
     watch: str = "auto"
     poll_interval: float = 30.0
     metadata: Mapping[str, str] = field(default_factory=dict)
+    layout: Layout | None = None
+    key_template: str = DEFAULT_KEY_TEMPLATE
+    strict_names: bool = False
+    check_open_files: bool = True
 
 
 @dataclass(frozen=True)
@@ -361,12 +366,29 @@ def _read_upload(table: _Table) -> UploadSettings:
     return settings
 
 
+def _layout(value: Any) -> Layout:
+    return Layout.parse(_string(value))
+
+
+def _key_template(value: Any) -> str:
+    text = _nonempty_string(value).strip("/")
+    template_fields(text)
+    return text
+
+
 def _read_source(table: _Table) -> SourceSettings:
     path_text = table.require("path", _nonempty_string, "")
+    layout = table.get("layout", _layout, None)
+    depth = table.get("session_depth", _integer(1, 16), layout.depth if layout else 2)
+    if layout is not None and depth != layout.depth:
+        table.problem(
+            "session_depth",
+            f"is {depth} but layout {layout.pattern!r} has {layout.depth} levels; drop one",
+        )
     settings = SourceSettings(
         name=table.require("name", _source_name, ""),
         path=Path(path_text),
-        session_depth=table.get("session_depth", _integer(1, 16), 2),
+        session_depth=depth,
         quiet_period=table.get("quiet_period", parse_duration, 300.0),
         marker=table.get("marker", _nonempty_string, None),
         required=table.get("required", _string_list, ()),
@@ -375,7 +397,12 @@ def _read_source(table: _Table) -> SourceSettings:
         watch=table.get("watch", _choice(WATCH_MODES), "auto"),
         poll_interval=table.get("poll_interval", parse_duration, 30.0),
         metadata=table.get("metadata", _string_table, {}),
+        layout=layout,
+        key_template=table.get("key_template", _key_template, DEFAULT_KEY_TEMPLATE),
+        strict_names=table.get("strict_names", _boolean, False),
+        check_open_files=table.get("check_open_files", _boolean, True),
     )
+    _check_key_template(table, settings)
     if path_text:
         if not settings.path.is_absolute():
             table.problem("path", f"{path_text!r} must be an absolute path")
@@ -388,6 +415,32 @@ def _read_source(table: _Table) -> SourceSettings:
             table.problem("path", f"{path_text} is not readable by this user")
     table.finish()
     return settings
+
+
+def _check_key_template(table: _Table, source: SourceSettings) -> None:
+    """Every field of the key template must have a value, and the template must keep
+    sessions apart (name the session path or every layout field)."""
+    try:
+        used = template_fields(source.key_template)
+    except ValueError:
+        return  # already reported
+    layout_fields = source.layout.fields if source.layout else ()
+    clash = sorted(set(layout_fields) & set(source.metadata))
+    if clash:
+        table.problem("metadata", f"{', '.join(clash)} is also a layout field; rename one")
+    known = set(BUILTIN_KEY_FIELDS) | set(layout_fields) | set(source.metadata)
+    unknown = [name for name in used if name not in known]
+    if unknown:
+        table.problem(
+            "key_template",
+            f"{{{unknown[0]}}} is not a field; use {', '.join(sorted(known))} "
+            "(layout fields and metadata keys included)",
+        )
+    elif "path" not in used and not (layout_fields and set(layout_fields) <= set(used)):
+        table.problem(
+            "key_template",
+            "must contain {path} or every layout field, or two sessions would share keys",
+        )
 
 
 def settings_from_mapping(data: Mapping[str, Any], file: str) -> Settings:

@@ -8,9 +8,10 @@ and `agentctl sync`.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import structlog
@@ -18,18 +19,75 @@ import structlog
 from agent import sessions
 from agent.config import Settings, SourceSettings
 from agent.errors import TransferError
-from agent.planning import object_key, session_key_prefix, unsafe_name_reason
-from agent.scan import find_sessions, scan_session
+from agent.planning import (
+    join_key,
+    object_key,
+    render_key_template,
+    strict_name_reason,
+    template_root,
+    unsafe_name_reason,
+)
+from agent.scan import SessionScan, find_sessions, open_for_writing, scan_session
 from agent.state import SessionRecord, State
 from agent.transfer import S3Store
 from agent.upload import SessionUploader, UploadOutcome
 
 log = structlog.get_logger("agent.ingest")
 
+# A session held back only by a file still open for writing is looked at again this often.
+OPEN_FILE_RECHECK = 10.0
+
 
 def session_id_for(source: SourceSettings, rel_path: str) -> str:
     """The id operators see and type: `{source}/{session path}`."""
     return f"{source.name}/{rel_path}"
+
+
+def session_values(
+    settings: Settings, source: SourceSettings, rel_path: str
+) -> dict[str, str] | None:
+    """The values a key template may use for one session: the source's metadata, `source`,
+    `path`, `agent` and the layout's named parts. None when the path does not fit the layout."""
+    values = {
+        **source.metadata,
+        "source": source.name,
+        "path": rel_path,
+        "agent": settings.agent.name,
+    }
+    if source.layout is not None:
+        fields = source.layout.fields_of(rel_path)
+        if fields is None:
+            return None
+        values.update(fields)
+    return values
+
+
+def session_metadata(source: SourceSettings, values: dict[str, str]) -> dict[str, str]:
+    """A session's metadata: the source's `metadata` table plus the layout's named parts."""
+    metadata = dict(source.metadata)
+    for name in source.layout.fields if source.layout else ():
+        metadata[name] = values[name]
+    return metadata
+
+
+def key_prefix_for(settings: Settings, source: SourceSettings, values: dict[str, str]) -> str:
+    """Where a session's objects go: the destination prefix, then the rendered key template."""
+    return join_key(settings.destination.prefix, render_key_template(source.key_template, values))
+
+
+def source_key_root(settings: Settings, source: SourceSettings) -> str:
+    """The key prefix shared by every session of a source (may be empty)."""
+    known = {**source.metadata, "source": source.name, "agent": settings.agent.name}
+    return join_key(settings.destination.prefix, template_root(source.key_template, known))
+
+
+def refusal_reason(source: SourceSettings, rel_path: str) -> str | None:
+    """Why a file of this source will not be uploaded (unsafe or, with strict_names, badly
+    named), or None."""
+    reason = unsafe_name_reason(rel_path)
+    if reason is None and source.strict_names:
+        reason = strict_name_reason(rel_path)
+    return reason
 
 
 def rule_of(source: SourceSettings) -> sessions.Rule:
@@ -51,6 +109,7 @@ class PlannedSession:
     files: int
     bytes: int
     keys: tuple[str, ...]
+    refused: tuple[tuple[str, str], ...] = ()
 
 
 class Ingest:
@@ -74,25 +133,35 @@ class Ingest:
 
     def observe(self, source: SourceSettings, rel_path: str) -> SessionRecord | None:
         """Scan one session, record it, judge it; return its record (None if never seen and
-        its directory does not exist)."""
+        its directory does not exist, or if the path does not fit the source's layout)."""
         now = self.clock()
         session_id = session_id_for(source, rel_path)
         path = source.path / rel_path
+        values = session_values(self.settings, source, rel_path)
+        if values is None:
+            return None
         if not path.is_dir():
             existing = self.state.get_session(session_id)
             if existing is not None and not existing.local_missing:
                 log.warning("session_directory_gone", session=session_id, path=str(path))
                 self.state.mark_session_missing(session_id)
             return existing
+        prefix = key_prefix_for(self.settings, source, values)
+        prefix_problem = unsafe_name_reason(prefix)
+        if prefix_problem is not None:
+            log.error(
+                "session_refused", session=session_id, key_prefix=prefix, reason=prefix_problem
+            )
+            return None
         scan = scan_session(source.path, rel_path, source.exclude)
-        prefix = session_key_prefix(self.settings.destination.prefix, source.name, rel_path)
         keys: dict[str, str] = {}
+        refused: dict[str, str] = {}
         for item in scan.files:
-            reason = unsafe_name_reason(item.rel_path)
+            reason = refusal_reason(source, item.rel_path)
             if reason is None:
                 keys[item.rel_path] = object_key(prefix, item.rel_path)
             else:
-                log.warning("file_refused", session=session_id, file=item.rel_path, reason=reason)
+                refused[item.rel_path] = reason
         record, changed = self.state.observe_session(
             session_id=session_id,
             source=source.name,
@@ -101,19 +170,22 @@ class Ingest:
             key_prefix=prefix,
             files=scan.files,
             keys=keys,
+            refused=refused,
             newest_mtime=scan.newest_mtime_ns / 1e9,
-            metadata=dict(source.metadata),
+            metadata=session_metadata(source, values),
             now=now,
         )
         if changed:
             log.debug("session_changed", session=session_id, files=len(scan.files))
-        return self._judge(source, record, scan.unreadable, changed, now)
+            for name, reason in refused.items():
+                log.warning("file_refused", session=session_id, file=name, reason=reason)
+        return self._judge(source, record, scan, changed, now)
 
     def _judge(
         self,
         source: SourceSettings,
         record: SessionRecord,
-        unreadable: tuple[str, ...],
+        scan: SessionScan,
         changed: bool,
         now: float,
     ) -> SessionRecord:
@@ -121,22 +193,38 @@ class Ingest:
             return record
         if record.state in (sessions.UPLOADED, sessions.FAILED) and not changed:
             return record
-        names = tuple(f.rel_path for f in self.state.files_of(record.id) if f.state != "missing")
-        verdict = sessions.judge(
-            sessions.Observation(names, record.last_change_at, record.detected_at, unreadable),
-            rule_of(source),
-            now,
+        names = tuple(item.rel_path for item in scan.files)
+        observation = sessions.Observation(
+            names, record.last_change_at, record.detected_at, scan.unreadable
         )
+        rule = rule_of(source)
+        verdict = sessions.judge(observation, rule, now)
+        recheck_at = verdict.ready_at if verdict.ready_at and verdict.ready_at > now else None
+        if verdict.ready and source.check_open_files:
+            # Only asked once everything else holds: reading /proc costs more than a stat.
+            writers = open_for_writing(Path(record.path), ignore_pid=os.getpid()) or {}
+            held = tuple(sorted(name for name in writers if name in set(names)))
+            if held:
+                verdict = sessions.judge(replace(observation, open_for_writing=held), rule, now)
+                recheck_at = now + OPEN_FILE_RECHECK
         if verdict.ready:
             if record.state != sessions.READY:
                 log.info("session_ready", session=record.id, files=record.files, bytes=record.bytes)
                 self.state.set_session_state(
-                    record.id, sessions.READY, completed_at=now, reason=None
+                    record.id, sessions.READY, completed_at=now, reason=None, recheck_at=None
                 )
-        elif record.state != sessions.WAITING or record.reason != verdict.reason:
+        elif (
+            record.state != sessions.WAITING
+            or record.reason != verdict.reason
+            or record.recheck_at != recheck_at
+        ):
             if record.state != sessions.WAITING:
                 log.info("session_reopened", session=record.id, reason=verdict.reason)
-            self.state.set_session_state(record.id, sessions.WAITING, reason=verdict.reason)
+            self.state.set_session_state(
+                record.id, sessions.WAITING, reason=verdict.reason, recheck_at=recheck_at
+            )
+        else:
+            return record
         updated = self.state.get_session(record.id)
         assert updated is not None
         return updated
@@ -146,7 +234,9 @@ class Ingest:
         sessions were seen. Sessions whose directories vanished are marked, never deleted."""
         seen: set[str] = set()
         for source in self.settings.sources:
-            for rel_path in find_sessions(source.path, source.session_depth, source.exclude):
+            for rel_path in find_sessions(
+                source.path, source.session_depth, source.exclude, source.layout
+            ):
                 seen.add(session_id_for(source, rel_path))
                 self.observe(source, rel_path)
         for record in self.state.list_sessions():
@@ -159,17 +249,15 @@ class Ingest:
         return len(seen)
 
     def recheck_waiting(self) -> None:
-        """Re-scan waiting sessions whose time-based rule may now hold."""
-        now = self.clock()
-        for record in self.state.sessions_in((sessions.WAITING,)):
-            if record.local_missing:
-                continue
+        """Re-scan waiting sessions whose time-based rule may now hold (the time their last
+        verdict named has come). Sessions waiting for a marker or a required file are not
+        polled: an event or the next reconcile brings them back."""
+        for record in self.state.sessions_to_recheck(self.clock()):
             try:
                 source = self.settings.source(record.source)
             except KeyError:
                 continue
-            if record.last_change_at + source.quiet_period <= now:
-                self.observe(source, record.rel_path)
+            self.observe(source, record.rel_path)
 
     # --- uploading ----------------------------------------------------------------------------
 
@@ -239,9 +327,16 @@ class Ingest:
         for record in self.state.sessions_in((sessions.UPLOADING,)):
             self.state.set_session_state(record.id, sessions.READY, reason="resuming after restart")
         known = {upload.upload_id for upload in self.state.all_uploads()}
-        for source in self.settings.sources:
-            prefix = session_key_prefix(self.settings.destination.prefix, source.name, "") + "/"
-            for remote in self.store.list_multipart_uploads(prefix):
+        roots = {source_key_root(self.settings, source) for source in self.settings.sources}
+        if "" in roots:
+            log.warning(
+                "orphan_check_skipped",
+                reason="a source's keys have no fixed prefix, so other writers' multipart "
+                "uploads could not be told from ours; set destination.prefix",
+            )
+            return
+        for root in sorted(roots):
+            for remote in self.store.list_multipart_uploads(root + "/"):
                 if remote.upload_id not in known:
                     log.warning("orphan_upload_aborted", key=remote.key, upload_id=remote.upload_id)
                     self.store.abort_multipart(remote.key, remote.upload_id)
@@ -258,7 +353,10 @@ def source_for_path(settings: Settings, path: Path) -> tuple[SourceSettings, str
         parts = relative.parts
         if len(parts) < source.session_depth:
             return None
-        return source, "/".join(parts[: source.session_depth])
+        rel_path = "/".join(parts[: source.session_depth])
+        if source.layout is not None and source.layout.fields_of(rel_path) is None:
+            return None
+        return source, rel_path
     return None
 
 
@@ -267,20 +365,29 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
     would upload, session by session, without touching S3 or writing anything."""
     planned: list[PlannedSession] = []
     for source in settings.sources:
-        for rel_path in find_sessions(source.path, source.session_depth, source.exclude):
+        for rel_path in find_sessions(
+            source.path, source.session_depth, source.exclude, source.layout
+        ):
+            values = session_values(settings, source, rel_path)
+            assert values is not None  # find_sessions only yields paths that fit the layout
             scan = scan_session(source.path, rel_path, source.exclude)
-            prefix = session_key_prefix(settings.destination.prefix, source.name, rel_path)
+            prefix = key_prefix_for(settings, source, values)
             session_id = session_id_for(source, rel_path)
             existing = state.get_session(session_id) if state is not None else None
             done = {
                 f.rel_path: (f.uploaded_size, f.uploaded_mtime_ns)
                 for f in (state.files_of(session_id) if state is not None and existing else [])
             }
+            refused = tuple(
+                (f.rel_path, reason)
+                for f in scan.files
+                if (reason := refusal_reason(source, f.rel_path)) is not None
+            )
+            refused_names = {name for name, _reason in refused}
             to_send = [
                 f
                 for f in scan.files
-                if done.get(f.rel_path) != (f.size, f.mtime_ns)
-                and unsafe_name_reason(f.rel_path) is None
+                if done.get(f.rel_path) != (f.size, f.mtime_ns) and f.rel_path not in refused_names
             ]
             verdict = sessions.judge(
                 sessions.Observation(
@@ -304,7 +411,7 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
                 key_prefix=prefix,
                 manifest_key=None,
                 manifest_revision=0,
-                metadata=dict(source.metadata),
+                metadata=session_metadata(source, values),
                 fingerprint="",
                 detected_at=now,
                 last_change_at=now,
@@ -323,6 +430,7 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
                     len(to_send),
                     sum(f.size for f in to_send),
                     tuple(object_key(prefix, f.rel_path) for f in to_send),
+                    refused,
                 )
             )
     return planned

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -141,3 +143,123 @@ def unsafe_name_reason(rel_path: str) -> str | None:
     if len(encoded) > 900:
         return "name is longer than 900 bytes (S3 keys are limited to 1024)"
     return None
+
+
+# --- layouts and key templates ------------------------------------------------------------------
+
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_STRICT_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+BUILTIN_KEY_FIELDS = ("source", "path", "agent")
+DEFAULT_KEY_TEMPLATE = "{source}/{path}"
+
+
+def template_fields(template: str) -> list[str]:
+    """The `{name}` fields of a template, in order. Raise ValueError if it is malformed
+    (unbalanced braces, empty or non-identifier names, format specs)."""
+    names: list[str] = []
+    try:
+        pieces = list(string.Formatter().parse(template))
+    except ValueError as error:
+        raise ValueError(f"{template!r}: {error}") from None
+    for _literal, name, spec, conversion in pieces:
+        if name is None:
+            continue
+        if not _FIELD_NAME.match(name) or spec or conversion:
+            raise ValueError(
+                f"{template!r}: {{{name}}} is not a plain field; use names such as {{subject}}"
+            )
+        names.append(name)
+    return names
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A session layout such as "{subject}/{session}": one segment per directory level;
+    each `{name}` matches part of a directory name and becomes session metadata."""
+
+    pattern: str
+    segments: tuple[re.Pattern[str], ...]
+    fields: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, pattern: str) -> Layout:
+        """Given a layout pattern, return the compiled layout. Raise ValueError with what is
+        wrong (empty segments, repeated or malformed fields)."""
+        text = pattern.strip("/")
+        if not text:
+            raise ValueError("must not be empty")
+        compiled: list[re.Pattern[str]] = []
+        fields: list[str] = []
+        for segment in text.split("/"):
+            if not segment or segment in (".", ".."):
+                raise ValueError(f"{pattern!r} has an empty, '.' or '..' segment")
+            regex = ""
+            for literal, name, _spec, _conversion in string.Formatter().parse(segment):
+                regex += re.escape(literal)
+                if name is not None:
+                    regex += f"(?P<{name}>.+?)"
+            names = template_fields(segment)
+            fields.extend(names)
+            compiled.append(re.compile(f"^{regex}$"))
+        repeated = sorted({name for name in fields if fields.count(name) > 1})
+        if repeated:
+            raise ValueError(f"{pattern!r} uses {', '.join(repeated)} more than once")
+        clash = sorted(set(fields) & set(BUILTIN_KEY_FIELDS))
+        if clash:
+            raise ValueError(f"{pattern!r}: {', '.join(clash)} is reserved; choose another name")
+        return cls(text, tuple(compiled), tuple(fields))
+
+    @property
+    def depth(self) -> int:
+        """How many directory levels below the source a session lies."""
+        return len(self.segments)
+
+    def matches_level(self, level: int, name: str) -> bool:
+        """True if a directory called `name` at `level` (1-based) fits the layout."""
+        return self.segments[level - 1].match(name) is not None
+
+    def fields_of(self, rel_path: str) -> dict[str, str] | None:
+        """The named parts of a session path, or None when it does not fit the layout."""
+        parts = rel_path.split("/")
+        if len(parts) != len(self.segments):
+            return None
+        values: dict[str, str] = {}
+        for segment, part in zip(self.segments, parts, strict=True):
+            match = segment.match(part)
+            if match is None:
+                return None
+            values.update(match.groupdict())
+        return values
+
+
+def render_key_template(template: str, values: Mapping[str, str]) -> str:
+    """Fill a key template; raise ValueError naming a field that has no value."""
+    missing = [name for name in template_fields(template) if name not in values]
+    if missing:
+        raise ValueError(f"key_template field {{{missing[0]}}} has no value")
+    return join_key(*template.format_map(dict(values)).split("/"))
+
+
+def template_root(template: str, known: Mapping[str, str]) -> str:
+    """The part of every key a template can produce that is fixed by `known` values alone:
+    the text up to the first unknown field, cut back to a whole '/' segment."""
+    text = ""
+    for literal, name, _spec, _conversion in string.Formatter().parse(template):
+        text += literal
+        if name is None:
+            continue
+        if name not in known:
+            return join_key(*text.split("/")[:-1])
+        text += known[name]
+    return join_key(*text.split("/"))
+
+
+def strict_name_reason(rel_path: str) -> str | None:
+    """Return why a path breaks the strict naming rule (letters, digits, '.', '_', '-' in
+    every segment), or None if it keeps it."""
+    bad = [segment for segment in rel_path.split("/") if not _STRICT_SEGMENT.match(segment)]
+    if not bad:
+        return None
+    return (
+        f"{bad[0]!r} holds characters other than letters, digits, '.', '_' and '-' (strict_names)"
+    )

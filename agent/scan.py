@@ -7,10 +7,17 @@ Only `os.scandir` and `stat` are used: no file is opened here.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from agent.planning import Layout
+
+# /proc/<pid>/fdinfo "flags" are octal open(2) flags; the low two bits are the access mode.
+_WRITE_ACCESS = (os.O_WRONLY, os.O_RDWR)
 
 
 @dataclass(frozen=True)
@@ -43,18 +50,27 @@ class SessionScan:
         return tuple((item.rel_path, item.size, item.mtime_ns) for item in self.files)
 
 
+@functools.lru_cache(maxsize=64)
+def _exclude_matcher(patterns: tuple[str, ...]) -> Callable[[str], re.Match[str] | None]:
+    # One compiled regex for all patterns: scans call this for every file, millions of times.
+    if not patterns:
+        return re.compile(r"(?!)").match
+    return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns)).match
+
+
 def is_excluded(rel_path: str, patterns: tuple[str, ...]) -> bool:
     """Return True if the base name or the relative path matches one of `patterns`."""
+    match = _exclude_matcher(patterns)
     name = rel_path.rsplit("/", 1)[-1]
-    return any(
-        fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(rel_path, pattern)
-        for pattern in patterns
-    )
+    return match(name) is not None or (name != rel_path and match(rel_path) is not None)
 
 
-def find_sessions(root: Path, depth: int, exclude: tuple[str, ...]) -> Iterator[str]:
+def find_sessions(
+    root: Path, depth: int, exclude: tuple[str, ...], layout: Layout | None = None
+) -> Iterator[str]:
     """Yield the relative paths ("subject/2026-11-23_10-00") of directories exactly
-    `depth` levels below `root`, skipping hidden and excluded directories."""
+    `depth` levels below `root`, skipping hidden and excluded directories and, given a
+    layout, directories that do not fit it."""
 
     def walk(directory: Path, prefix: str, level: int) -> Iterator[str]:
         try:
@@ -66,6 +82,8 @@ def find_sessions(root: Path, depth: int, exclude: tuple[str, ...]) -> Iterator[
                 continue
             rel = f"{prefix}{entry.name}"
             if is_excluded(rel, exclude):
+                continue
+            if layout is not None and not layout.matches_level(level, entry.name):
                 continue
             if level == depth:
                 yield rel
@@ -127,3 +145,46 @@ def stat_file(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return info.st_size, info.st_mtime_ns
+
+
+def open_for_writing(directory: Path, *, ignore_pid: int | None = None) -> dict[str, int] | None:
+    """Files under `directory` that some process holds open for writing, as {relative path:
+    pid}, read from /proc. Return None when that cannot be known (no /proc). Processes whose
+    descriptors this user may not read are skipped: run as root, or with CAP_SYS_PTRACE, to
+    see every writer."""
+    proc = Path("/proc")
+    if not (proc / "self" / "fd").is_dir():
+        return None
+    base = os.path.realpath(directory).rstrip("/") + "/"
+    writers: dict[str, int] = {}
+    try:
+        pids = [entry.name for entry in os.scandir(proc) if entry.name.isdigit()]
+    except OSError:
+        return None
+    for pid_text in pids:
+        pid = int(pid_text)
+        if pid == ignore_pid:
+            continue
+        fd_dir = f"/proc/{pid_text}/fd"
+        try:
+            descriptors = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for descriptor in descriptors:
+            try:
+                target = os.readlink(f"{fd_dir}/{descriptor}")
+            except OSError:
+                continue
+            if not target.startswith(base):
+                continue
+            try:
+                with open(f"/proc/{pid_text}/fdinfo/{descriptor}", encoding="ascii") as info:
+                    flags = next(
+                        (int(line.split()[1], 8) for line in info if line.startswith("flags:")),
+                        0,
+                    )
+            except (OSError, ValueError, IndexError):
+                continue
+            if flags & 0o3 in _WRITE_ACCESS:
+                writers.setdefault(target[len(base) :], pid)
+    return writers

@@ -35,6 +35,7 @@ class Observation:
     last_change: float
     first_seen: float
     unreadable: tuple[str, ...] = ()
+    open_for_writing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -78,4 +79,7 @@ def judge(observation: Observation, rule: Rule, now: float) -> Verdict:
         return Verdict(False, f"waiting for {rule.quiet_period:g}s without changes", ready_at)
     if now - observation.first_seen < rule.min_age:
         return Verdict(False, f"younger than min_age {rule.min_age:g}s", ready_at)
+    if observation.open_for_writing:
+        shown = ", ".join(observation.open_for_writing[:3])
+        return Verdict(False, f"still open for writing: {shown}")
     return Verdict(True, "complete", ready_at)

@@ -58,6 +58,7 @@ class SessionRecord:
     attempts: int
     next_attempt_at: float | None
     local_missing: bool
+    recheck_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,20 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1,)
+def _migration_2(db: sqlite_utils.Database) -> None:
+    # Totals kept as columns and a partial index on pending files: status, the main loop and
+    # the heartbeat must not sum a million file rows each time they look.
+    db.execute("alter table sessions add column uploaded_bytes integer default 0")
+    db.execute("alter table sessions add column recheck_at float")
+    db.execute(
+        """update sessions set uploaded_bytes = (select coalesce(sum(size), 0) from files
+           where files.session_id = sessions.id and files.state = 'uploaded')"""
+    )
+    db.execute("create index files_pending on files(session_id) where state = 'pending'")
+    db.execute("create index sessions_state on sessions(state)")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
 
 
 def _session_from_row(row: dict[str, Any]) -> SessionRecord:
@@ -271,6 +285,7 @@ def _session_from_row(row: dict[str, Any]) -> SessionRecord:
         attempts=row["attempts"] or 0,
         next_attempt_at=row["next_attempt_at"],
         local_missing=bool(row["local_missing"]),
+        recheck_at=row.get("recheck_at"),
     )
 
 
@@ -278,11 +293,7 @@ def _file_from_row(row: dict[str, Any]) -> FileRecord:
     return FileRecord(**{name: row[name] for name in FileRecord.__dataclass_fields__})
 
 
-_SESSION_SELECT = """
-select s.*, coalesce((select sum(f.size) from files f where f.session_id = s.id
-  and f.state = 'uploaded'), 0) as uploaded_bytes
-from sessions s
-"""
+_SESSION_SELECT = "select s.* from sessions s"
 
 
 class State:
@@ -384,6 +395,18 @@ class State:
             )
         return [_session_from_row(row) for row in rows]
 
+    def sessions_to_recheck(self, now: float) -> list[SessionRecord]:
+        """Waiting sessions (still present locally) whose recheck time has come."""
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    _SESSION_SELECT + " where s.state = 'waiting' and s.local_missing = 0 "
+                    "and s.recheck_at is not null and s.recheck_at <= ? order by s.recheck_at",
+                    [now],
+                )
+            )
+        return [_session_from_row(row) for row in rows]
+
     def observe_session(
         self,
         *,
@@ -394,6 +417,7 @@ class State:
         key_prefix: str,
         files: tuple[FileStat, ...],
         keys: dict[str, str],
+        refused: dict[str, str],
         newest_mtime: float,
         metadata: dict[str, str],
         now: float,
@@ -435,26 +459,37 @@ class State:
                     }
                     self.db["sessions"].update(session_id, update)  # type: ignore[union-attr]
             if changed:
-                self._sync_files(session_id, files, keys)
+                self._sync_files(session_id, files, keys, refused)
                 self._refresh_totals(session_id)
         record = self.get_session(session_id)
         assert record is not None
         return record, changed
 
     def _sync_files(
-        self, session_id: str, files: tuple[FileStat, ...], keys: dict[str, str]
+        self,
+        session_id: str,
+        files: tuple[FileStat, ...],
+        keys: dict[str, str],
+        refused: dict[str, str],
     ) -> None:
         known = {
             row["rel_path"]: row
-            for row in self.db.query("select * from files where session_id = ?", [session_id])
+            for row in self.db.query(
+                "select rel_path, size, mtime_ns, inode, state, key, uploaded_size, "
+                "uploaded_mtime_ns, error from files where session_id = ?",
+                [session_id],
+            )
         }
+        inserts: list[dict[str, Any]] = []
+        updates: list[tuple[Any, ...]] = []
         seen: set[str] = set()
         for item in files:
             seen.add(item.rel_path)
             row = known.get(item.rel_path)
             key = keys.get(item.rel_path)
+            error = None if key else refused.get(item.rel_path, "name cannot become an object key")
             if row is None:
-                self.db["files"].insert(  # type: ignore[union-attr]
+                inserts.append(
                     {
                         "session_id": session_id,
                         "rel_path": item.rel_path,
@@ -463,7 +498,7 @@ class State:
                         "inode": item.inode,
                         "key": key or "",
                         "state": PENDING if key else REFUSED,
-                        "error": None if key else "name cannot become a safe object key",
+                        "error": error,
                     }
                 )
                 continue
@@ -472,25 +507,56 @@ class State:
                 item.mtime_ns,
             )
             new_state = REFUSED if not key else DONE if same_as_uploaded else PENDING
-            self.db["files"].update(  # type: ignore[union-attr]
-                (session_id, item.rel_path),
-                {
-                    "size": item.size,
-                    "mtime_ns": item.mtime_ns,
-                    "inode": item.inode,
-                    "state": new_state,
-                },
-            )
+            if (row["size"], row["mtime_ns"], row["inode"], row["state"], row["key"]) != (
+                item.size,
+                item.mtime_ns,
+                item.inode,
+                new_state,
+                key or "",
+            ) or (not key and row["error"] != error):
+                updates.append(
+                    (
+                        item.size,
+                        item.mtime_ns,
+                        item.inode,
+                        new_state,
+                        key or "",
+                        error if not key else row["error"],
+                        session_id,
+                        item.rel_path,
+                    )
+                )
         for rel_path, row in known.items():
             if rel_path not in seen and row["state"] != MISSING:
-                self.db["files"].update((session_id, rel_path), {"state": MISSING})  # type: ignore[union-attr]
+                updates.append(
+                    (
+                        row["size"],
+                        row["mtime_ns"],
+                        row["inode"],
+                        MISSING,
+                        row["key"],
+                        row["error"],
+                        session_id,
+                        rel_path,
+                    )
+                )
+        if inserts:
+            self.db["files"].insert_all(inserts, batch_size=1000)  # type: ignore[union-attr]
+        if updates:
+            self._connection.executemany(
+                "update files set size = ?, mtime_ns = ?, inode = ?, state = ?, key = ?, "
+                "error = ? where session_id = ? and rel_path = ?",
+                updates,
+            )
 
     def _refresh_totals(self, session_id: str) -> None:
         self._connection.execute(
             """update sessions set
                  files = (select count(*) from files where session_id = :id and state != 'missing'),
                  bytes = (select coalesce(sum(size), 0) from files
-                          where session_id = :id and state != 'missing')
+                          where session_id = :id and state != 'missing'),
+                 uploaded_bytes = (select coalesce(sum(size), 0) from files
+                          where session_id = :id and state = 'uploaded')
                where id = :id""",
             {"id": session_id},
         )
@@ -528,7 +594,15 @@ class State:
 
     def pending_files(self, session_id: str) -> list[FileRecord]:
         """Files of a session that still need sending."""
-        return [record for record in self.files_of(session_id) if record.state == PENDING]
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "select * from files where session_id = ? and state = 'pending' "
+                    "order by rel_path",
+                    [session_id],
+                )
+            )
+        return [_file_from_row(row) for row in rows]
 
     def file_uploaded(
         self,
@@ -564,6 +638,7 @@ class State:
             )
             if finished_upload_id is not None:
                 self._forget_upload(finished_upload_id)
+            self._refresh_totals(record.session_id)
 
     def file_error(self, session_id: str, rel_path: str, error: str | None) -> None:
         """Note (or clear) the last error of one file."""
