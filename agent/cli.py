@@ -332,6 +332,58 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_verify(arguments: argparse.Namespace) -> int:
+    """Compare S3 with the database and the local files; exit 1 on any difference."""
+    from agent.verify import verify_session  # noqa: PLC0415 - only verify needs it
+
+    settings = _settings(arguments)
+    state = State.open(settings.state_db_path, create=False)
+    try:
+        if arguments.session:
+            record = state.get_session(arguments.session)
+            if record is None:
+                print(
+                    f"no session {arguments.session!r}; `agentctl sessions` lists the ids",
+                    file=sys.stderr,
+                )
+                return EXIT_CONFIG
+            targets = [record]
+        else:
+            targets = [r for r in state.list_sessions() if r.manifest_key is not None]
+        store = store_from_settings(settings.destination, settings.upload)
+        checks = [
+            verify_session(state, store, record, quick=arguments.quick, download=arguments.download)
+            for record in targets
+        ]
+    finally:
+        state.close()
+    differences = [d for check in checks for d in check.differences]
+    if arguments.json:
+        print(
+            json.dumps(
+                {
+                    "sessions": len(checks),
+                    "files": sum(c.files for c in checks),
+                    "bytes_read": sum(c.bytes_read for c in checks),
+                    "local_unchecked": sum(len(c.local_unchecked) for c in checks),
+                    "differences": [vars(d) for d in differences],
+                }
+            )
+        )
+    else:
+        for check in checks:
+            verdict = f"{len(check.differences)} difference(s)" if check.differences else "matches"
+            gone = f", {len(check.local_unchecked)} gone locally" if check.local_unchecked else ""
+            print(f"{check.session}: {check.files} file(s){gone}: {verdict}")
+            for difference in check.differences:
+                print(f"  {difference.path} ({difference.key}): {difference.problem}")
+        print(
+            f"verified {len(checks)} session(s), {sum(c.files for c in checks)} file(s): "
+            + (f"{len(differences)} difference(s)" if differences else "S3 matches")
+        )
+    return EXIT_FAILED if differences else EXIT_OK
+
+
 def cmd_demo(arguments: argparse.Namespace) -> int:
     """The zero-setup demonstration."""
     from agent.demo import run_demo  # noqa: PLC0415 - moto is an optional extra
@@ -379,6 +431,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sessions = add("sessions", cmd_sessions, "one row per session")
     sessions.add_argument("--state", choices=SESSION_STATES, help="only sessions in this state")
+    verify = add(
+        "verify",
+        cmd_verify,
+        "compare S3 with the state database and local files (exit 1 on any difference)",
+    )
+    verify.add_argument("session", nargs="?", help="one session id (default: every uploaded one)")
+    verify.add_argument(
+        "--quick", action="store_true", help="compare local sizes and mtimes, do not re-read files"
+    )
+    verify.add_argument(
+        "--download", action="store_true", help="also read every object back and checksum it"
+    )
     add("check-config", cmd_check_config, "validate the config, printing every problem")
     demo = add("demo", cmd_demo, "demonstration: local S3 server, simulated instrument, live agent")
     demo.add_argument("--sessions", type=int, default=3, help="how many sessions to simulate")

@@ -232,13 +232,16 @@ class Ingest:
     def reconcile(self) -> int:
         """Scan every source from the top; record and judge every session. Return how many
         sessions were seen. Sessions whose directories vanished are marked, never deleted."""
+        started = time.monotonic()
         seen: set[str] = set()
+        files = 0
         for source in self.settings.sources:
             for rel_path in find_sessions(
                 source.path, source.session_depth, source.exclude, source.layout
             ):
                 seen.add(session_id_for(source, rel_path))
-                self.observe(source, rel_path)
+                record = self.observe(source, rel_path)
+                files += record.files if record is not None else 0
         for record in self.state.list_sessions():
             if record.id not in seen and not record.local_missing:
                 try:
@@ -246,6 +249,12 @@ class Ingest:
                 except KeyError:
                     continue
                 self.observe(source, record.rel_path)
+        log.info(
+            "reconcile_finished",
+            sessions=len(seen),
+            files=files,
+            seconds=round(time.monotonic() - started, 3),
+        )
         return len(seen)
 
     def recheck_waiting(self) -> None:

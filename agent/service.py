@@ -49,6 +49,7 @@ class Daemon:
         self._hints: set[tuple[str, str]] = set()
         self._hints_lock = threading.Lock()
         self._wake_uploader = threading.Event()
+        self._rescan_now = threading.Event()
         self.started_at = clock()
 
     def _on_path(self, path: Path) -> None:
@@ -84,7 +85,7 @@ class Daemon:
             ),
         )
         ingest = Ingest(self.settings, state, store, clock=self.clock)
-        watcher = Watcher(self.settings.sources, self._on_path)
+        watcher = Watcher(self.settings.sources, self._on_path, self._rescan_now.set)
         try:
             self._beat(state, "starting")
             try:
@@ -133,6 +134,7 @@ class Daemon:
     def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher) -> None:
         next_beat = 0.0
         next_rescan = self.clock() + self.settings.agent.rescan_interval
+        watcher_died = False
         while not self.stop.is_set():
             now = self.clock()
             if now >= next_beat:
@@ -140,9 +142,13 @@ class Daemon:
                 next_beat = now + self.settings.agent.heartbeat_interval
             for source_name, rel_path in self._take_hints():
                 ingest.observe(self.settings.source(source_name), rel_path)
-            if not watcher.healthy():
-                log.error("watcher_died", hint="falling back to rescans until restart")
+            if not watcher.healthy() and not watcher_died:
+                watcher_died = True
+                log.error("watcher_died", hint="rescanning every rescan_interval; restart me")
                 next_rescan = min(next_rescan, now)
+            if self._rescan_now.is_set():
+                self._rescan_now.clear()
+                next_rescan = now
             if now >= next_rescan:
                 ingest.reconcile()
                 next_rescan = now + self.settings.agent.rescan_interval

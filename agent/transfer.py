@@ -19,7 +19,7 @@ import boto3
 import botocore.exceptions
 from botocore.config import Config
 
-from agent.checksums import S3_ALGORITHM_NAMES
+from agent.checksums import S3_ALGORITHM_NAMES, RunningChecksum
 from agent.config import DestinationSettings, UploadSettings
 from agent.errors import (
     NoSuchUploadError,
@@ -239,6 +239,26 @@ class S3Store:
                     return None
                 raise
             return bytes(answer["Body"].read())
+
+        return self._call("GetObject", key, action)
+
+    def object_checksum(self, key: str, algorithm: str) -> tuple[int, str] | None:
+        """Read an object through once; return (bytes read, its checksum with `algorithm`),
+        or None if there is none. Memory stays at one chunk whatever the object's size."""
+
+        def action() -> tuple[int, str] | None:
+            try:
+                answer = self.client.get_object(Bucket=self.bucket, Key=key)
+            except botocore.exceptions.ClientError as error:
+                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    return None
+                raise
+            running = RunningChecksum(algorithm)
+            size = 0
+            for chunk in answer["Body"].iter_chunks(chunk_size=1024**2):
+                running.update(chunk)
+                size += len(chunk)
+            return size, running.value()
 
         return self._call("GetObject", key, action)
 

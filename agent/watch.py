@@ -8,6 +8,7 @@ when inotify cannot be used (watch limit reached, network filesystem).
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import threading
 from collections.abc import Callable
@@ -72,6 +73,22 @@ def choose_mode(source: SourceSettings) -> str:
     return "poll" if filesystem_type(source.path) in NETWORK_FILESYSTEMS else "inotify"
 
 
+class _OverflowListener(logging.Handler):
+    """watchdog reports an inotify queue overflow only in its own log (it rebuilds its
+    watches but hands no event to handlers); this turns that record into a callback."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(level=logging.WARNING)
+        self._on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self._on_overflow()
+
+
+INOTIFY_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+
+
 class _Handler(FileSystemEventHandler):
     def __init__(self, on_path: Callable[[Path], None]) -> None:
         self._on_path = on_path
@@ -86,16 +103,38 @@ class Watcher:
     """Watches every source; calls `on_path` (from watchdog's threads) for each path touched."""
 
     def __init__(
-        self, sources: tuple[SourceSettings, ...], on_path: Callable[[Path], None]
+        self,
+        sources: tuple[SourceSettings, ...],
+        on_path: Callable[[Path], None],
+        on_overflow: Callable[[], None] = lambda: None,
     ) -> None:
         self.sources = sources
         self.on_path = on_path
         self.observers: list[BaseObserver] = []
         self.modes: dict[str, str] = {}
+        self.overflows = 0
+        self._on_overflow = on_overflow
+        self._listener = _OverflowListener(self._overflowed)
         self._lock = threading.Lock()
+
+    def _overflowed(self) -> None:
+        with self._lock:
+            self.overflows += 1
+            first = self.overflows == 1
+        if first:
+            log.error(
+                "inotify_queue_overflow",
+                hint="events were lost; rescanning now. Raise the queue: "
+                "sysctl -w fs.inotify.max_queued_events=262144",
+            )
+        else:
+            log.debug("inotify_queue_overflow", count=self.overflows)
+        self._on_overflow()
 
     def start(self) -> None:
         """Start observers; a source whose inotify watch fails falls back to polling."""
+        for name in INOTIFY_LOGGERS:
+            logging.getLogger(name).addHandler(self._listener)
         handler = _Handler(self.on_path)
         for source in self.sources:
             mode = choose_mode(source)
@@ -139,3 +178,5 @@ class Watcher:
         for observer in self.observers:
             observer.join(timeout=5)
         self.observers.clear()
+        for name in INOTIFY_LOGGERS:
+            logging.getLogger(name).removeHandler(self._listener)
