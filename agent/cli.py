@@ -19,7 +19,8 @@ from agent.config import Settings, default_config_path, load_settings
 from agent.errors import ConfigError, StateError, TransferError
 from agent.ingest import Ingest, plan_sync
 from agent.sessions import SESSION_STATES
-from agent.state import SessionRecord, State
+from agent.state import Heartbeat, SessionRecord, State
+from agent.throttle import limit_at
 from agent.transfer import store_from_settings
 
 EXIT_OK = 0
@@ -79,6 +80,23 @@ def _settings(arguments: argparse.Namespace) -> Settings:
     return load_settings(Path(arguments.config))
 
 
+def _live_daemon(settings: Settings, state: State) -> Heartbeat | None:
+    """The heartbeat of a daemon that is running now, or None."""
+    heartbeat = state.heartbeat()
+    if heartbeat is None:
+        return None
+    verdict = health.assess(
+        heartbeat,
+        {},
+        0,
+        None,
+        time.time(),
+        settings.agent.heartbeat_stale,
+        health.process_alive(heartbeat),
+    )
+    return heartbeat if verdict.daemon_running else None
+
+
 # --- commands -----------------------------------------------------------------------------
 
 
@@ -114,19 +132,8 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
         return _sync_dry_run(settings, arguments.json)
     state = State.open(settings.state_db_path)
     try:
-        heartbeat = state.heartbeat()
-        if (
-            heartbeat is not None
-            and health.assess(
-                heartbeat,
-                {},
-                0,
-                None,
-                time.time(),
-                settings.agent.heartbeat_stale,
-                health.process_alive(heartbeat),
-            ).daemon_running
-        ):
+        heartbeat = _live_daemon(settings, state)
+        if heartbeat is not None:
             print(
                 f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
                 "stop it before running sync",
@@ -134,6 +141,10 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
             )
             return EXIT_FAILED
         store = store_from_settings(settings.destination, settings.upload)
+        # A one-off pass keeps to the bandwidth of the time window it starts in; a paused
+        # window does not stop it (the operator asked for it).
+        limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
+        store.limiter.set_rate(limit.max_bandwidth)
         ingest = Ingest(settings, state, store)
         started = time.monotonic()
         ingest.reconcile()
@@ -257,8 +268,11 @@ def cmd_status(arguments: argparse.Namespace) -> int:
         counts = state.session_counts()
         files, size = state.backlog()
         last_error = state.last_error()
+        operator_pause = state.flag("paused") is not None
     finally:
         state.close()
+    limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
+    paused_by = "operator" if operator_pause else "schedule" if limit.paused else None
     verdict = health.assess(
         heartbeat,
         counts,
@@ -267,6 +281,7 @@ def cmd_status(arguments: argparse.Namespace) -> int:
         time.time(),
         settings.agent.heartbeat_stale,
         health.process_alive(heartbeat) if heartbeat else None,
+        paused_by=paused_by,
     )
     if arguments.json:
         print(
@@ -285,6 +300,11 @@ def cmd_status(arguments: argparse.Namespace) -> int:
                     "sessions": {name: counts.get(name, 0) for name in SESSION_STATES},
                     "backlog": {"files": files, "bytes": size},
                     "last_error": f"{last_error[0]}: {last_error[1]}" if last_error else None,
+                    "uploads": {
+                        "paused": paused_by is not None,
+                        "paused_by": paused_by,
+                        "max_bandwidth": limit.max_bandwidth,
+                    },
                 }
             )
         )
@@ -384,6 +404,89 @@ def cmd_verify(arguments: argparse.Namespace) -> int:
     return EXIT_FAILED if differences else EXIT_OK
 
 
+def _report(arguments: argparse.Namespace, done: bool, message: str) -> int:
+    if arguments.json:
+        print(json.dumps({"done": done, "message": message}))
+    else:
+        print(message, file=sys.stdout if done else sys.stderr)
+    return EXIT_OK if done else EXIT_FAILED
+
+
+def cmd_pause(arguments: argparse.Namespace) -> int:
+    """Stop uploading (persists across restarts) until `resume`."""
+    settings = _settings(arguments)
+    state = State.open(settings.state_db_path)
+    try:
+        state.set_flag("paused", "operator", time.time())
+        running = _live_daemon(settings, state) is not None
+    finally:
+        state.close()
+    where = (
+        "the daemon stops within a second; parts in flight resume later"
+        if running
+        else "the daemon is not running; it will start paused"
+    )
+    return _report(arguments, True, f"uploads paused: {where}. `agentctl resume` undoes it")
+
+
+def cmd_resume(arguments: argparse.Namespace) -> int:
+    """Undo `pause`."""
+    settings = _settings(arguments)
+    state = State.open(settings.state_db_path)
+    try:
+        was = state.flag("paused") is not None
+        state.set_flag("paused", None, time.time())
+    finally:
+        state.close()
+    return _report(arguments, True, "uploads resumed" if was else "uploads were not paused")
+
+
+def cmd_retry(arguments: argparse.Namespace) -> int:
+    """Make a failed session ready again at once."""
+    settings = _settings(arguments)
+    state = State.open(settings.state_db_path, create=False)
+    try:
+        record = state.get_session(arguments.session)
+        if record is None:
+            return _report(
+                arguments, False, f"no session {arguments.session!r}; see `agentctl sessions`"
+            )
+        if record.state != "failed":
+            return _report(
+                arguments,
+                False,
+                f"{record.id} is {record.state}, not failed: nothing to retry",
+            )
+        state.retry_now(record.id)
+    finally:
+        state.close()
+    return _report(arguments, True, f"{record.id} will be uploaded again shortly")
+
+
+def cmd_rescan(arguments: argparse.Namespace) -> int:
+    """Ask the running daemon to rescan every source now."""
+    settings = _settings(arguments)
+    state = State.open(settings.state_db_path, create=False)
+    try:
+        if _live_daemon(settings, state) is None:
+            return _report(
+                arguments,
+                False,
+                "the daemon is not running; start it, or run `agentctl sync` for one pass",
+            )
+        request = state.request("rescan", None, time.time())
+        deadline = time.monotonic() + 10
+        result = state.request_result(request)
+        while result is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            result = state.request_result(request)
+    finally:
+        state.close()
+    if result is None:
+        return _report(arguments, False, "the daemon did not take the request within 10 s")
+    return _report(arguments, True, f"daemon: {result}")
+
+
 def cmd_demo(arguments: argparse.Namespace) -> int:
     """The zero-setup demonstration."""
     from agent.demo import run_demo  # noqa: PLC0415 - moto is an optional extra
@@ -443,6 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument(
         "--download", action="store_true", help="also read every object back and checksum it"
     )
+    add("pause", cmd_pause, "stop uploading until `resume` (kept across restarts)")
+    add("resume", cmd_resume, "undo `pause`")
+    retry = add("retry", cmd_retry, "upload a failed session again now")
+    retry.add_argument("session", help="the session id, as `agentctl sessions` prints it")
+    add("rescan", cmd_rescan, "ask the running daemon to rescan every source now")
     add("check-config", cmd_check_config, "validate the config, printing every problem")
     demo = add("demo", cmd_demo, "demonstration: local S3 server, simulated instrument, live agent")
     demo.add_argument("--sessions", type=int, default=3, help="how many sessions to simulate")

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from agent.errors import ConfigError, ConfigProblem
 from agent.planning import BUILTIN_KEY_FIELDS, DEFAULT_KEY_TEMPLATE, Layout, template_fields
+from agent.throttle import DAY_NAMES, Window, parse_clock
 
 DEFAULT_CONFIG_PATH = "/etc/ingest-agent/config.toml"
 DEFAULT_STATE_DIR = "/var/lib/ingest-agent"
@@ -88,6 +89,7 @@ class UploadSettings:
     failed_retry_delay: float = 300.0
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    windows: tuple[Window, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -359,6 +361,7 @@ def _read_upload(table: _Table) -> UploadSettings:
         failed_retry_delay=table.get("failed_retry_delay", parse_duration, 300.0),
         connect_timeout=table.get("connect_timeout", parse_duration, 10.0),
         read_timeout=table.get("read_timeout", parse_duration, 120.0),
+        windows=_read_windows(table),
     )
     if settings.max_memory < settings.part_size:
         table.problem("max_memory", f"must be at least part_size ({settings.part_size} bytes)")
@@ -374,6 +377,40 @@ def _key_template(value: Any) -> str:
     text = _nonempty_string(value).strip("/")
     template_fields(text)
     return text
+
+
+def _days(value: Any) -> frozenset[int]:
+    names = _string_list(value)
+    unknown = [name for name in names if name.lower()[:3] not in DAY_NAMES]
+    if unknown or not names:
+        raise ValueError(f'expected day names such as ["mon", "fri"], got {value!r}')
+    return frozenset(DAY_NAMES.index(name.lower()[:3]) for name in names)
+
+
+def _read_windows(upload: _Table) -> tuple[Window, ...]:
+    """The `[[upload.window]]` tables: time windows with their own limit, or a pause."""
+    upload.seen.add("window")
+    raw = upload.data.get("window", [])
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        upload.problem("window", "must be written as [[upload.window]] tables")
+        return ()
+    windows: list[Window] = []
+    for index, item in enumerate(raw):
+        table = _Table(item, f"upload.window[{index}]", upload.file, upload.problems)
+        start = table.require("start", lambda v: parse_clock(_string(v)), 0)
+        end = table.require("end", lambda v: parse_clock(_string(v)), 0)
+        window = Window(
+            start=start,
+            end=end,
+            max_bandwidth=table.get("max_bandwidth", parse_size, 0),
+            pause=table.get("pause", _boolean, False),
+            days=table.get("days", _days, frozenset(range(7))),
+        )
+        if start == end and "start" in item and "end" in item:
+            table.problem("end", "must differ from start")
+        table.finish()
+        windows.append(window)
+    return tuple(windows)
 
 
 def _read_source(table: _Table) -> SourceSettings:

@@ -51,11 +51,14 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     now: float,
     stale_after: float,
     alive: bool | None = None,
+    *,
+    paused_by: str | None = None,
 ) -> Health:
     """Given the daemon's heartbeat, session counts, backlog and last error, return health.
 
     CRITICAL: the daemon has stopped beating (crashed, hung or stopped). WARNING: some
-    sessions failed, or the daemon never ran. OK otherwise.
+    sessions failed, the daemon never ran, or an operator paused uploads (a forgotten pause
+    must not look healthy). OK otherwise, also during a scheduled pause.
     """
     failed = counts.get("failed", 0)
     age = None if heartbeat is None else max(0.0, now - heartbeat.beat_at)
@@ -88,4 +91,10 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     if failed:
         detail = f": {last_error[0]}: {last_error[1]}" if last_error else ""
         return Health(WARNING, f"{failed} session(s) failed{detail}", True, age)
+    if paused_by == "operator":
+        return Health(
+            WARNING, f"uploads paused by an operator (agentctl resume); {waiting}", True, age
+        )
+    if paused_by:
+        return Health(OK, f"daemon running, uploads paused by the schedule; {waiting}", True, age)
     return Health(OK, f"daemon running; {waiting}", True, age)

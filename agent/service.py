@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
@@ -24,7 +25,8 @@ from agent.config import Settings
 from agent.errors import TransferError
 from agent.ingest import Ingest, source_for_path
 from agent.state import State
-from agent.transfer import store_from_settings
+from agent.throttle import Limit, limit_at
+from agent.transfer import S3Store, store_from_settings
 from agent.watch import Watcher
 
 log = structlog.get_logger("agent.service")
@@ -50,6 +52,11 @@ class Daemon:
         self._hints_lock = threading.Lock()
         self._wake_uploader = threading.Event()
         self._rescan_now = threading.Event()
+        # Set to halt uploads (stop, operator pause, or a paused time window); parts in
+        # flight are abandoned and resume from the database later.
+        self.halt = threading.Event()
+        self.limit: Limit | None = None
+        self.paused_by: str | None = None
         self.started_at = clock()
 
     def _on_path(self, path: Path) -> None:
@@ -69,6 +76,7 @@ class Daemon:
         def handler(signum: int, frame: FrameType | None) -> None:
             log.info("stop_requested", signal=signal.Signals(signum).name)
             self.stop.set()
+            self.halt.set()
 
         signal.signal(signal.SIGTERM, handler)
         signal.signal(signal.SIGINT, handler)
@@ -79,7 +87,7 @@ class Daemon:
         store = store_from_settings(
             self.settings.destination,
             self.settings.upload,
-            stop=self.stop,
+            stop=self.halt,
             on_retry=lambda error, attempt, delay: log.warning(
                 "s3_retry", error=str(error), attempt=attempt, delay_s=round(delay, 2)
             ),
@@ -94,6 +102,7 @@ class Daemon:
                 log.error("recovery_failed", error=str(error))
             ingest.reconcile()
             watcher.start()
+            self._apply_limits(state, store)
             uploader = threading.Thread(
                 target=self._upload_loop, args=(ingest,), name="uploader", daemon=True
             )
@@ -104,7 +113,7 @@ class Daemon:
                 pid=os.getpid(),
                 sources=[s.name for s in self.settings.sources],
             )
-            self._main_loop(state, ingest, watcher)
+            self._main_loop(state, ingest, watcher, store)
             uploader.join(STOP_GRACE)
         finally:
             watcher.stop()
@@ -125,18 +134,59 @@ class Daemon:
     def _status_line(self, state: State) -> str:
         counts = state.session_counts()
         files, size = state.backlog()
+        paused = f"; paused ({self.paused_by})" if self.paused_by else ""
         return (
             f"{counts.get('uploading', 0)} uploading, {counts.get('ready', 0)} ready, "
             f"{counts.get('waiting', 0)} waiting, {counts.get('failed', 0)} failed; "
-            f"backlog {files} files {size / 1e9:.2f} GB"
+            f"backlog {files} files {size / 1e9:.2f} GB{paused}"
         )
 
-    def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher) -> None:
+    def _apply_limits(self, state: State, store: S3Store) -> None:
+        """Bring the bandwidth limit and the pause in line with the schedule and the
+        operator's `pause`/`resume`."""
+        upload = self.settings.upload
+        limit = limit_at(upload.windows, upload.max_bandwidth, datetime.now())
+        if limit != self.limit:
+            store.limiter.set_rate(limit.max_bandwidth)
+            log.info(
+                "upload_limit",
+                max_bandwidth=limit.max_bandwidth,
+                paused=limit.paused,
+                window=limit.window,
+            )
+            self.limit = limit
+        operator = state.flag("paused")
+        paused_by = "operator" if operator is not None else "schedule" if limit.paused else None
+        if paused_by != self.paused_by:
+            if paused_by:
+                log.info("uploads_paused", by=paused_by)
+            else:
+                log.info("uploads_resumed")
+                self._wake_uploader.set()
+            self.paused_by = paused_by
+        if paused_by or self.stop.is_set():
+            self.halt.set()
+        else:
+            self.halt.clear()
+
+    def _serve_requests(self, state: State) -> None:
+        for request_id, command, _argument in state.pending_requests():
+            if command == "rescan":
+                self._rescan_now.set()
+                result = "rescanning"
+            else:
+                result = f"unknown command {command!r}"
+            log.info("control_request", command=command, result=result)
+            state.request_done(request_id, result, self.clock())
+
+    def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher, store: S3Store) -> None:
         next_beat = 0.0
         next_rescan = self.clock() + self.settings.agent.rescan_interval
         watcher_died = False
         while not self.stop.is_set():
             now = self.clock()
+            self._apply_limits(state, store)
+            self._serve_requests(state)
             if now >= next_beat:
                 self._beat(state, self._status_line(state))
                 next_beat = now + self.settings.agent.heartbeat_interval
@@ -156,6 +206,7 @@ class Daemon:
             if ingest.due_sessions():
                 self._wake_uploader.set()
             self.stop.wait(TICK)
+        self.halt.set()
         self._wake_uploader.set()
 
     def _upload_loop(self, ingest: Ingest) -> None:
@@ -165,6 +216,8 @@ class Daemon:
             for record in ingest.due_sessions():
                 if self.stop.is_set():
                     return
+                if self.halt.is_set():
+                    break
                 try:
                     ingest.upload(record)
                 except Exception:

@@ -250,12 +250,20 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     # the heartbeat must not sum a million file rows each time they look.
     db.execute("alter table sessions add column uploaded_bytes integer default 0")
     db.execute("alter table sessions add column recheck_at float")
+    db.execute("alter table sessions add column pending_files integer default 0")
+    db.execute("alter table sessions add column pending_bytes integer default 0")
     db.execute(
-        """update sessions set uploaded_bytes = (select coalesce(sum(size), 0) from files
-           where files.session_id = sessions.id and files.state = 'uploaded')"""
+        """update sessions set
+             uploaded_bytes = (select coalesce(sum(size), 0) from files
+               where files.session_id = sessions.id and files.state = 'uploaded'),
+             pending_files = (select count(*) from files
+               where files.session_id = sessions.id and files.state = 'pending'),
+             pending_bytes = (select coalesce(sum(size), 0) from files
+               where files.session_id = sessions.id and files.state = 'pending')"""
     )
     db.execute("create index files_pending on files(session_id) where state = 'pending'")
     db.execute("create index sessions_state on sessions(state)")
+    db["flags"].create({"name": str, "value": str, "set_at": float}, pk="name")  # type: ignore[union-attr]
 
 
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
@@ -550,13 +558,14 @@ class State:
             )
 
     def _refresh_totals(self, session_id: str) -> None:
+        # One pass over the session's rows keeps every total a reader needs as a column.
         self._connection.execute(
-            """update sessions set
-                 files = (select count(*) from files where session_id = :id and state != 'missing'),
-                 bytes = (select coalesce(sum(size), 0) from files
-                          where session_id = :id and state != 'missing'),
-                 uploaded_bytes = (select coalesce(sum(size), 0) from files
-                          where session_id = :id and state = 'uploaded')
+            """update sessions set (files, bytes, uploaded_bytes, pending_files, pending_bytes) =
+                 (select count(*), coalesce(sum(size), 0),
+                         coalesce(sum(case when state = 'uploaded' then size end), 0),
+                         count(case when state = 'pending' then 1 end),
+                         coalesce(sum(case when state = 'pending' then size end), 0)
+                  from files where session_id = :id and state != 'missing')
                where id = :id""",
             {"id": session_id},
         )
@@ -761,6 +770,68 @@ class State:
                 },
             )
 
+    # --- operator controls ----------------------------------------------------------------
+
+    def set_flag(self, name: str, value: str | None, now: float) -> None:
+        """Set (or, with None, clear) a persistent flag such as `paused`."""
+        with self._transaction():
+            if value is None:
+                self._connection.execute("delete from flags where name = ?", [name])
+            else:
+                self.db["flags"].upsert(  # type: ignore[union-attr]
+                    {"name": name, "value": value, "set_at": now}, pk="name"
+                )
+
+    def flag(self, name: str) -> str | None:
+        """The value of a flag, or None when it is not set."""
+        with self._lock:
+            rows = list(self.db.query("select value from flags where name = ?", [name]))
+        return str(rows[0]["value"]) if rows else None
+
+    def request(self, command: str, argument: str | None, now: float) -> int:
+        """Queue a command for the running daemon; return its id."""
+        with self._transaction():
+            cursor = self._connection.execute(
+                "insert into control (command, argument, requested_at) values (?, ?, ?)",
+                [command, argument, now],
+            )
+        return int(cursor.lastrowid or 0)
+
+    def pending_requests(self) -> list[tuple[int, str, str | None]]:
+        """(id, command, argument) of queued commands not yet done, oldest first."""
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    "select id, command, argument from control where done_at is null order by id"
+                )
+            )
+        return [(row["id"], row["command"], row["argument"]) for row in rows]
+
+    def request_done(self, request_id: int, result: str, now: float) -> None:
+        """Mark a queued command as carried out."""
+        with self._transaction():
+            self._connection.execute(
+                "update control set done_at = ?, result = ? where id = ?",
+                [now, result, request_id],
+            )
+
+    def request_result(self, request_id: int) -> str | None:
+        """The result of a queued command, or None while it is not done."""
+        with self._lock:
+            rows = list(
+                self.db.query("select result, done_at from control where id = ?", [request_id])
+            )
+        return str(rows[0]["result"]) if rows and rows[0]["done_at"] is not None else None
+
+    def retry_now(self, session_id: str) -> None:
+        """A failed session is made ready again at once, its backoff forgotten."""
+        with self._transaction():
+            self._connection.execute(
+                """update sessions set state = 'ready', next_attempt_at = null, attempts = 0,
+                   reason = 'retry requested' where id = ? and state = 'failed'""",
+                [session_id],
+            )
+
     # --- heartbeat, status ----------------------------------------------------------------
 
     def beat(self, *, pid: int, hostname: str, started_at: float, now: float, status: str) -> None:
@@ -811,9 +882,9 @@ class State:
         with self._lock:
             row = next(
                 self.db.query(
-                    """select count(*) as files, coalesce(sum(f.size), 0) as bytes
-                       from files f join sessions s on s.id = f.session_id
-                       where f.state = 'pending' and s.local_missing = 0"""
+                    """select coalesce(sum(pending_files), 0) as files,
+                              coalesce(sum(pending_bytes), 0) as bytes
+                       from sessions where local_missing = 0"""
                 )
             )
         return int(row["files"]), int(row["bytes"])

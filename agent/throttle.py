@@ -1,10 +1,13 @@
-"""Bandwidth limiting: one token bucket shared by every upload worker."""
+"""Bandwidth limiting: one token bucket shared by every upload worker, and the time windows
+(pure) that say which limit is in force."""
 
 from __future__ import annotations
 
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
 
 
 class Interrupted(Exception):  # noqa: N818 - a signal, not a failure
@@ -106,3 +109,58 @@ class ThrottledBody:
     def tell(self) -> int:
         """The read position."""
         return self._position
+
+
+DAY_NAMES = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+@dataclass(frozen=True)
+class Window:
+    """A daily time window with its own bandwidth limit (0 = unlimited) or a pause.
+
+    `start` and `end` are minutes after midnight, local time; a window whose end is not
+    after its start runs past midnight. `days` are the days on which it starts
+    (0 = Monday)."""
+
+    start: int
+    end: int
+    max_bandwidth: int
+    pause: bool = False
+    days: frozenset[int] = frozenset(range(7))
+
+    def contains(self, weekday: int, minute: int) -> bool:
+        """True if the moment (weekday 0 = Monday, minute of the day) falls inside."""
+        if self.start < self.end:
+            return weekday in self.days and self.start <= minute < self.end
+        return (weekday in self.days and minute >= self.start) or (
+            (weekday - 1) % 7 in self.days and minute < self.end
+        )
+
+
+@dataclass(frozen=True)
+class Limit:
+    """The upload limit in force: bytes per second (0 = unlimited), or paused."""
+
+    max_bandwidth: int
+    paused: bool
+    window: int | None  # index of the window in force, None outside every window
+
+
+def limit_at(windows: tuple[Window, ...], default: int, moment: datetime) -> Limit:
+    """Given the configured windows, the limit outside them and a local time, return the
+    limit in force. The first window that contains the moment wins."""
+    minute = moment.hour * 60 + moment.minute
+    for index, window in enumerate(windows):
+        if window.contains(moment.weekday(), minute):
+            return Limit(window.max_bandwidth, window.pause, index)
+    return Limit(default, False, None)
+
+
+def parse_clock(text: str) -> int:
+    """ "HH:MM" → minutes after midnight. Raise ValueError otherwise."""
+    parts = text.split(":")
+    if len(parts) == 2 and all(part.isdigit() for part in parts):
+        hours, minutes = int(parts[0]), int(parts[1])
+        if 0 <= hours <= 24 and 0 <= minutes < 60 and hours * 60 + minutes <= 1440:
+            return hours * 60 + minutes
+    raise ValueError(f'{text!r} is not a time of day; use "HH:MM", e.g. "07:30"')

@@ -190,6 +190,11 @@ class S3Store:
             except Interrupted:
                 raise
             except Exception as raw:
+                if self.stop.is_set():
+                    # Halting (stop or pause) aborts the request from inside its body; the
+                    # HTTP layer (awscrt when it checksums the stream) may wrap the signal
+                    # in its own error. Either way the request was ours to abandon.
+                    raise Interrupted() from raw
                 error = classify_error(raw, operation, key)
                 if not error.retryable or attempt >= self.retries:
                     raise error from raw

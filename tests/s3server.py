@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -58,6 +59,8 @@ class Request:
     operation: str
     path: str
     query: dict[str, list[str]]
+    status: int | None = None
+    at: float = field(default_factory=time.monotonic)
 
     @property
     def part_number(self) -> int | None:
@@ -98,6 +101,8 @@ class S3TestServer:
         self.kills: list[KillAfter] = []
         self.list_parts_supported = True
         self.conditional_writes_supported = True
+        # (monotonic time, bytes) for every chunk of request body the server read.
+        self.received: list[tuple[float, int]] = []
         self._lock = threading.Lock()
         self._moto = DomainDispatcherApplication(create_backend_app)
         logging.getLogger("werkzeug").setLevel(logging.ERROR)
@@ -121,6 +126,7 @@ class S3TestServer:
         """Forget requests and injected behaviour (not the stored objects)."""
         with self._lock:
             self.requests.clear()
+            self.received.clear()
             self.faults.clear()
             self.kills.clear()
             self.list_parts_supported = True
@@ -130,6 +136,17 @@ class S3TestServer:
         """How many requests of `operation` were received."""
         with self._lock:
             return sum(1 for request in self.requests if request.operation == operation)
+
+    def completed(self, operation: str) -> list[Request]:
+        """The requests of `operation` the server answered with success."""
+        with self._lock:
+            return [
+                request
+                for request in self.requests
+                if request.operation == operation
+                and request.status is not None
+                and 200 <= request.status < 300
+            ]
 
     def of(self, operation: str) -> list[Request]:
         """The requests of `operation`, in order."""
@@ -153,8 +170,10 @@ class S3TestServer:
         path = environ.get("PATH_INFO", "")
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         operation = operation_of(method, path, query)
+        request = Request(operation, path, query)
+        environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], self)
         with self._lock:
-            self.requests.append(Request(operation, path, query))
+            self.requests.append(request)
             for fault in self.faults:
                 if fault.operation == operation and fault.times > 0:
                     fault.times -= 1
@@ -170,7 +189,12 @@ class S3TestServer:
         if not self.conditional_writes_supported:
             environ.pop("HTTP_IF_NONE_MATCH", None)
         if kill is None:
-            return self._moto(environ, start_response)  # type: ignore[no-any-return]
+
+            def noting(status: str, headers: list[tuple[str, str]], *rest: Any) -> Any:
+                request.status = int(status.split(maxsplit=1)[0])
+                return start_response(status, headers, *rest)
+
+            return self._moto(environ, noting)  # type: ignore[no-any-return]
         # Let moto do the work and drain its answer, then crash the client before it hears.
         captured: dict[str, Any] = {}
 
@@ -186,3 +210,26 @@ class S3TestServer:
         kill.fired.set()
         start_response(captured["status"], captured["headers"])
         return [body]
+
+
+class _CountingInput:
+    """A request body stream that notes when and how many bytes the server read."""
+
+    def __init__(self, stream: Any, server: S3TestServer) -> None:
+        self._stream = stream
+        self._server = server
+
+    def _note(self, data: bytes) -> bytes:
+        if data:
+            with self._server._lock:
+                self._server.received.append((time.monotonic(), len(data)))
+        return data
+
+    def read(self, *size: int) -> bytes:
+        return self._note(self._stream.read(*size))
+
+    def readline(self, *size: int) -> bytes:
+        return self._note(self._stream.readline(*size))
+
+    def __iter__(self) -> Any:
+        return (self._note(line) for line in self._stream)

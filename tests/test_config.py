@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,34 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     settings = load_settings(write_config(tmp_path / "example.toml", text))
     assert settings.destination.bucket == "lab-raw"
     assert settings.sources[0].name == "ephys"
+
+
+def test_upload_windows_and_their_mistakes(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig(
+        upload_extra="""
+[[upload.window]]
+start = "07:00"
+end = "20:00"
+days = ["mon", "tue", "wed", "thu", "fri"]
+max_bandwidth = "10MB"
+
+[[upload.window]]
+start = "20:00"
+end = "07:00"
+pause = true
+"""
+    )
+    windows = rig.settings().upload.windows
+    assert [(w.start, w.end, w.max_bandwidth, w.pause) for w in windows] == [
+        (420, 1200, 10_000_000, False),
+        (1200, 420, 0, True),
+    ]
+    assert windows[0].days == frozenset(range(5))
+
+    rig = make_rig(
+        upload_extra='[[upload.window]]\nstart = "25:00"\nend = "07:00"\ndays = ["someday"]\n'
+    )
+    result = rig.agentctl("check-config")
+    assert result.returncode == 2
+    assert "upload.window[0].start: '25:00' is not a time of day" in result.stderr
+    assert "upload.window[0].days" in result.stderr

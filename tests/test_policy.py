@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import zlib
+from datetime import datetime, timedelta
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -14,14 +15,18 @@ from agent.planning import (
     MAX_PART_SIZE,
     MAX_PARTS,
     MIN_PART_SIZE,
+    Layout,
     object_key,
     part_size_for,
     plan_parts,
+    render_key_template,
     session_key_prefix,
+    strict_name_reason,
+    template_root,
     unsafe_name_reason,
 )
 from agent.sessions import Observation, Rule, judge
-from agent.throttle import TokenBucket
+from agent.throttle import Limit, TokenBucket, Window, limit_at
 
 names = st.lists(st.text("abcxyz._/", min_size=1, max_size=12), min_size=1, max_size=8)
 
@@ -148,3 +153,54 @@ def test_token_bucket_holds_rate_on_a_driven_clock() -> None:
         sent += 64 * 1024
     rate = sent / clock[0]
     assert 0.9e6 <= rate <= 1.1e6
+
+
+WEEKDAYS = frozenset(range(5))
+
+
+def test_time_windows_pick_the_limit_in_force() -> None:
+    day = Window(start=7 * 60, end=20 * 60, max_bandwidth=10_000_000, days=WEEKDAYS)
+    friday_night = Window(
+        start=20 * 60, end=7 * 60, max_bandwidth=0, pause=True, days=frozenset({4})
+    )
+    windows = (day, friday_night)
+    monday = datetime(2026, 11, 23)  # a Monday
+    assert limit_at(windows, 50, monday.replace(hour=8)) == Limit(10_000_000, False, 0)
+    assert limit_at(windows, 50, monday.replace(hour=20)) == Limit(50, False, None)
+    assert limit_at(windows, 50, monday.replace(hour=6, minute=59)) == Limit(50, False, None)
+    friday = monday + timedelta(days=4)
+    assert limit_at(windows, 50, friday.replace(hour=23)).paused
+    # An overnight window belongs to the day it starts on: Saturday 03:00 is Friday's night.
+    assert limit_at(windows, 50, (friday + timedelta(days=1)).replace(hour=3)).paused
+    assert not limit_at(windows, 50, (friday + timedelta(days=1)).replace(hour=23)).paused
+    assert limit_at(windows, 50, (friday + timedelta(days=1)).replace(hour=8)).window is None
+
+
+@given(st.integers(0, 1439), st.integers(0, 1439), st.integers(0, 1439), st.integers(0, 6))
+def test_window_membership_matches_its_definition(
+    start: int, end: int, minute: int, weekday: int
+) -> None:
+    window = Window(start=start, end=end, max_bandwidth=1)
+    if start < end:
+        assert window.contains(weekday, minute) == (start <= minute < end)
+    elif start > end:
+        assert window.contains(weekday, minute) == (minute >= start or minute < end)
+
+
+def test_layout_and_key_template() -> None:
+    layout = Layout.parse("{subject}/{date}_{time}")
+    assert layout.depth == 2
+    assert layout.fields_of("mouse1/2026-11-23_10-00") == {
+        "subject": "mouse1",
+        "date": "2026-11-23",
+        "time": "10-00",
+    }
+    assert layout.fields_of("mouse1/notes") is None
+    assert layout.fields_of("mouse1") is None
+    values = {"instrument": "np2", "subject": "m1", "date": "d", "time": "t"}
+    assert render_key_template("{instrument}/{subject}/{date}/{time}", values) == "np2/m1/d/t"
+    assert template_root("{instrument}/{subject}/{date}", {"instrument": "np2"}) == "np2"
+    assert template_root("{subject}/{date}", {}) == ""
+    assert template_root("raw-{subject}/{date}", {}) == ""
+    assert strict_name_reason("Images/r01c01f01p01-ch1.tiff") is None
+    assert strict_name_reason("plate map.csv") is not None

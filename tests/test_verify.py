@@ -50,7 +50,7 @@ def test_verify_matches_after_upload_including_read_back(make_rig: Callable[...,
     assert code == 0
     assert report["differences"] == []
     assert report["files"] == 3
-    # Local files and objects were each read once: 2 × (11 MiB + 16 bytes).
+    # Local files and objects were each read once: twice (11 MiB + 16 bytes).
     assert report["bytes_read"] == 2 * (11 * 1024**2 + 12 + 4)
     human = rig.agentctl("verify", SESSION)
     assert human.returncode == 0
@@ -86,9 +86,7 @@ def test_verify_reports_each_difference_and_exits_1(
     assert f"{PREFIX}/big.ap.bin" not in problems(report)
 
 
-def test_verify_manifest_and_files_gone_locally(
-    make_rig: Callable[..., Rig], client: Any
-) -> None:
+def test_verify_manifest_and_files_gone_locally(make_rig: Callable[..., Rig], client: Any) -> None:
     rig, session = uploaded_rig(make_rig)
     (session / "notes.txt").unlink()  # freeing local disk after upload is not a difference
 
