@@ -111,6 +111,8 @@ class SourceSettings:
     key_template: str = DEFAULT_KEY_TEMPLATE
     strict_names: bool = False
     check_open_files: bool = True
+    upload_while_growing: bool = False
+    growing_part_size: int = 64 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -438,6 +440,10 @@ def _read_source(table: _Table) -> SourceSettings:
         key_template=table.get("key_template", _key_template, DEFAULT_KEY_TEMPLATE),
         strict_names=table.get("strict_names", _boolean, False),
         check_open_files=table.get("check_open_files", _boolean, True),
+        upload_while_growing=table.get("upload_while_growing", _boolean, False),
+        growing_part_size=table.get(
+            "growing_part_size", _size_between(MIN_PART_SIZE, MAX_PART_SIZE), 64 * 1024**2
+        ),
     )
     _check_key_template(table, settings)
     if path_text:

@@ -327,6 +327,33 @@ class Ingest:
             self.state.set_session_state(record.id, sessions.WAITING, reason=reason)
         return outcome
 
+    def growing_sessions(self) -> list[SessionRecord]:
+        """Waiting sessions of sources that upload files while they grow."""
+        growing = {source.name for source in self.settings.sources if source.upload_while_growing}
+        if not growing:
+            return []
+        return [
+            record
+            for record in self.state.sessions_in((sessions.WAITING,))
+            if record.source in growing and not record.local_missing
+        ]
+
+    def upload_growing(self, record: SessionRecord) -> UploadOutcome:
+        """Send the stable leading parts of a waiting session's growing files, so that the
+        session is complete in S3 soon after acquisition ends. Never changes its state."""
+        source = self.settings.source(record.source)
+        try:
+            outcome = self.uploader.upload_growing(record, source.growing_part_size)
+        except TransferError as error:
+            outcome = UploadOutcome(errors=[error])
+        except OSError as error:
+            outcome = UploadOutcome(errors=[TransferError("read", record.path, str(error))])
+        if outcome.bytes_sent:
+            log.info("growing_parts_sent", session=record.id, bytes_sent=outcome.bytes_sent)
+        for problem in outcome.errors:
+            log.warning("growing_upload_error", session=record.id, error=str(problem))
+        return outcome
+
     # --- recovery -----------------------------------------------------------------------------
 
     def recover(self) -> None:

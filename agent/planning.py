@@ -18,6 +18,7 @@ MAX_PART_SIZE = 5 * 1024**3
 MAX_PARTS = 10_000
 MAX_OBJECT_SIZE = 5 * 1024**4
 MANIFEST_NAME = "ingest-manifest.json"
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f]")
 MANIFEST_FORMAT = "ingest-agent/manifest/1"
 
 
@@ -130,7 +131,7 @@ def build_manifest(
 
 def unsafe_name_reason(rel_path: str) -> str | None:
     """Return why a relative path cannot become a safe object key, or None if it can."""
-    if any(ord(character) < 32 or ord(character) == 127 for character in rel_path):
+    if _CONTROL_CHARACTERS.search(rel_path):
         return "name holds control characters"
     if "\\" in rel_path:
         return "name holds a backslash"

@@ -222,3 +222,10 @@ class Daemon:
                     ingest.upload(record)
                 except Exception:
                     log.exception("upload_loop_error", session=record.id)
+            for record in ingest.growing_sessions():
+                if self.stop.is_set() or self.halt.is_set():
+                    break
+                try:
+                    ingest.upload_growing(record)
+                except Exception:
+                    log.exception("upload_loop_error", session=record.id)

@@ -106,6 +106,8 @@ class UploadRecord:
     checksum_algorithm: str | None
     created_at: float
     parts: tuple[PartRecord, ...]
+    growing: bool = False
+    inode: int | None = None
 
 
 @dataclass(frozen=True)
@@ -263,6 +265,8 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     )
     db.execute("create index files_pending on files(session_id) where state = 'pending'")
     db.execute("create index sessions_state on sessions(state)")
+    db.execute("alter table uploads add column growing integer default 0")
+    db.execute("alter table uploads add column inode integer")
     db["flags"].create({"name": str, "value": str, "set_at": float}, pk="name")  # type: ignore[union-attr]
 
 
@@ -488,7 +492,7 @@ class State:
                 [session_id],
             )
         }
-        inserts: list[dict[str, Any]] = []
+        inserts: list[tuple[Any, ...]] = []
         updates: list[tuple[Any, ...]] = []
         seen: set[str] = set()
         for item in files:
@@ -498,16 +502,16 @@ class State:
             error = None if key else refused.get(item.rel_path, "name cannot become an object key")
             if row is None:
                 inserts.append(
-                    {
-                        "session_id": session_id,
-                        "rel_path": item.rel_path,
-                        "size": item.size,
-                        "mtime_ns": item.mtime_ns,
-                        "inode": item.inode,
-                        "key": key or "",
-                        "state": PENDING if key else REFUSED,
-                        "error": error,
-                    }
+                    (
+                        session_id,
+                        item.rel_path,
+                        item.size,
+                        item.mtime_ns,
+                        item.inode,
+                        key or "",
+                        PENDING if key else REFUSED,
+                        error,
+                    )
                 )
                 continue
             same_as_uploaded = (row["uploaded_size"], row["uploaded_mtime_ns"]) == (
@@ -549,7 +553,12 @@ class State:
                     )
                 )
         if inserts:
-            self.db["files"].insert_all(inserts, batch_size=1000)  # type: ignore[union-attr]
+            # Plain executemany: a first scan of a large tree inserts millions of rows.
+            self._connection.executemany(
+                "insert into files (session_id, rel_path, size, mtime_ns, inode, key, state, "
+                "error) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                inserts,
+            )
         if updates:
             self._connection.executemany(
                 "update files set size = ?, mtime_ns = ?, inode = ?, state = ?, key = ?, "
@@ -664,8 +673,10 @@ class State:
         part_size: int,
         checksum_algorithm: str | None,
         now: float,
+        growing: bool = False,
     ) -> None:
-        """Record a new multipart upload the moment the server hands out its id."""
+        """Record a new multipart upload the moment the server hands out its id. A growing
+        upload is started while the file is still being appended to."""
         with self._transaction():
             self.db["uploads"].insert(  # type: ignore[union-attr]
                 {
@@ -678,6 +689,8 @@ class State:
                     "mtime_ns": record.mtime_ns,
                     "checksum_algorithm": checksum_algorithm,
                     "created_at": now,
+                    "growing": int(growing),
+                    "inode": record.inode,
                 }
             )
 
@@ -728,6 +741,8 @@ class State:
             checksum_algorithm=row["checksum_algorithm"],
             created_at=row["created_at"],
             parts=parts,
+            growing=bool(row.get("growing")),
+            inode=row.get("inode"),
         )
 
     def all_uploads(self) -> list[UploadRecord]:

@@ -39,6 +39,7 @@ from agent.errors import (
     TransferError,
 )
 from agent.planning import (
+    MAX_PARTS,
     Part,
     build_manifest,
     manifest_key,
@@ -346,17 +347,25 @@ class SessionUploader:
         it and it is for this version of the file; otherwise a new one, recorded at once."""
         upload = self.state.upload_for(record.session_id, record.rel_path)
         if upload is not None and (upload.size, upload.mtime_ns) != (record.size, record.mtime_ns):
-            log.info("upload_discarded", key=record.key, reason="file changed since it started")
-            self.store.abort_multipart(upload.key, upload.upload_id)
-            self.state.upload_finished(upload.upload_id)
-            upload = None
+            reason = _growing_mismatch(upload, record)
+            if upload.growing and reason is None:
+                pass  # started while the file grew; its parts are checked as they are read
+            else:
+                log.info(
+                    "upload_discarded",
+                    key=record.key,
+                    reason=reason or "file changed since it started",
+                )
+                self.store.abort_multipart(upload.key, upload.upload_id)
+                self.state.upload_finished(upload.upload_id)
+                upload = None
         if upload is not None:
             try:
                 on_server = self.store.list_parts(upload.key, upload.upload_id)
             except NoSuchUploadError:
                 on_server = {}
                 if not upload.parts or len(upload.parts) < len(
-                    plan_parts(upload.size, upload.part_size)
+                    plan_parts(record.size, upload.part_size)
                 ):
                     log.warning(
                         "upload_unknown_to_server", key=upload.key, upload_id=upload.upload_id
@@ -407,7 +416,7 @@ class SessionUploader:
         # algorithm allows; otherwise read from the start (reading is local, sending is not).
         start = 0
         running: RunningChecksum | None = None
-        while start < len(parts) and parts[start].number in done:
+        while start < len(parts) and parts[start].number in done and not upload.growing:
             start += 1
         if start:
             previous = parts[start - 1]
@@ -440,6 +449,11 @@ class SessionUploader:
                 running.update(data)
                 if part.number in done:
                     self.budget.release(reserved)
+                    if upload.growing and digest_b64(self.algorithm, data) != (
+                        done[part.number].checksum
+                    ):
+                        self._discard_rewritten(upload, part.number)
+                        raise FileChangedError(str(path))
                     continue
                 if part.number == parts[-1].number:
                     job.checksum = running.value()
@@ -449,7 +463,9 @@ class SessionUploader:
                     reserved,
                     part=part,
                     job=job,
-                    part_checksum=digest_b64(self.algorithm, data) if self.send_checksums else None,
+                    # Kept even when not sent: it lets a growing upload prove its early
+                    # parts still match the file.
+                    part_checksum=digest_b64(self.algorithm, data),
                     running_checksum=running.save(),
                 )
         with job.lock:
@@ -459,6 +475,121 @@ class SessionUploader:
             job.finishing = job.finishing or ready
         if ready:
             self._complete(session, job)
+
+    def _discard_rewritten(self, upload: UploadRecord, number: int) -> None:
+        log.warning(
+            "growing_upload_discarded",
+            key=upload.key,
+            part=number,
+            reason="bytes already sent changed: the file was rewritten, not appended to",
+        )
+        self.store.abort_multipart(upload.key, upload.upload_id)
+        self.state.upload_finished(upload.upload_id)
+
+    # --- growing files ------------------------------------------------------------------------
+
+    def upload_growing(self, session: SessionRecord, part_size: int) -> UploadOutcome:
+        """Send the stable leading parts of files still being appended to, in a session not
+        yet complete: whole parts of `part_size` that lie at least one part below the
+        current end. Nothing is completed here; the session's upload finishes the files."""
+        outcome = UploadOutcome()
+        lock = threading.Lock()
+        candidates = [
+            record
+            for record in self.state.pending_files(session.id)
+            if record.size >= 2 * part_size
+        ]
+        if not candidates:
+            return outcome
+
+        def finished(unit: _Unit, future: Future[None]) -> None:
+            self.budget.release(unit.reserved)
+            error = future.exception()
+            if error is not None:
+                with lock:
+                    if isinstance(error, Interrupted):
+                        outcome.interrupted = True
+                    elif isinstance(error, TransferError):
+                        outcome.errors.append(error)
+
+        with ThreadPoolExecutor(
+            max_workers=self.settings.upload.concurrency, thread_name_prefix="growing"
+        ) as pool:
+            for record in candidates:
+                try:
+                    for unit in self._growing_units(session, record, part_size):
+                        if self.store.stop.is_set() or outcome.errors:
+                            self.budget.release(unit.reserved)
+                            break
+                        future = pool.submit(self._send_unit, session, unit, outcome, lock)
+                        future.add_done_callback(functools.partial(finished, unit))
+                except (FileChangedError, FileNotFoundError):
+                    outcome.changed.append(record.rel_path)
+                except Interrupted:
+                    outcome.interrupted = True
+                    break
+                except TransferError as error:
+                    outcome.errors.append(error)
+                    break
+        return outcome
+
+    def _growing_units(
+        self, session: SessionRecord, record: FileRecord, part_size: int
+    ) -> Iterator[_Unit]:
+        path = Path(session.path) / record.rel_path
+        info = os.stat(path)
+        upload = self.state.upload_for(record.session_id, record.rel_path)
+        if upload is not None and not upload.growing:
+            return  # an ordinary upload of an earlier version is the final pass's business
+        if upload is not None and (info.st_ino != upload.inode or info.st_size < _covered(upload)):
+            self._discard_rewritten(upload, 0)
+            upload = None
+        stable = min((info.st_size - part_size) // part_size, MAX_PARTS - 1)
+        done = {part.number: part for part in upload.parts} if upload else {}
+        if stable <= len(done):
+            return
+        if upload is None:
+            upload_id = self.store.create_multipart(
+                record.key,
+                metadata=self._object_metadata(record, **{"agent-part-size": str(part_size)}),
+                checksum_algorithm=self.algorithm if self.send_checksums else None,
+            )
+            self.state.upload_started(
+                upload_id=upload_id,
+                record=record,
+                part_size=part_size,
+                checksum_algorithm=self.algorithm,
+                now=self.clock(),
+                growing=True,
+            )
+            upload = self.state.upload_for(record.session_id, record.rel_path)
+            assert upload is not None
+            log.info("growing_upload_started", key=record.key, size=info.st_size)
+        job = _MultipartJob(record, path, upload.upload_id, part_size, remaining=set())
+        running = RunningChecksum(self.algorithm)  # whole-file value is settled at the end
+        with path.open("rb") as handle:
+            for number in range(1, stable + 1):
+                if number in done:
+                    continue
+                offset = (number - 1) * part_size
+                reserved = self.budget.acquire(part_size, self.store.stop)
+                try:
+                    data = os.pread(handle.fileno(), part_size, offset)
+                except BaseException:
+                    self.budget.release(reserved)
+                    raise
+                if len(data) != part_size:
+                    self.budget.release(reserved)
+                    raise FileChangedError(str(path))
+                yield _Unit(
+                    record,
+                    data,
+                    reserved,
+                    part=Part(number, offset, part_size),
+                    job=job,
+                    part_checksum=digest_b64(self.algorithm, data),
+                    running_checksum=running.save(),
+                )
 
     # --- sending ------------------------------------------------------------------------------
 
@@ -637,6 +768,25 @@ class SessionUploader:
             "manifest_written", session=session.id, key=key, revision=revision, files=len(files)
         )
         return key
+
+
+def _covered(upload: UploadRecord) -> int:
+    """Bytes of the file that an upload's recorded parts cover."""
+    return sum(part.size for part in upload.parts)
+
+
+def _growing_mismatch(upload: UploadRecord, record: FileRecord) -> str | None:
+    """Why a growing upload cannot carry on into the file as it is now, or None if it can
+    (same inode, not shorter than what was sent, and within the part limit)."""
+    if not upload.growing:
+        return "file changed since it started"
+    if upload.inode is not None and upload.inode != record.inode:
+        return "file was replaced (new inode)"
+    if record.size < _covered(upload):
+        return "file is shorter than what was already sent"
+    if len(plan_parts(record.size, upload.part_size)) > MAX_PARTS:
+        return "file outgrew 10,000 parts of the growing part size"
+    return None
 
 
 def _local_matches(path: Path, info: ObjectInfo, algorithm: str) -> str | None:

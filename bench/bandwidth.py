@@ -1,6 +1,6 @@
 """Bandwidth-cap benchmark: does `max_bandwidth` hold over a sustained upload?
 
-Uploads about `--seconds` × `--rate` bytes (one large multipart file and a set of small
+Uploads about `--seconds` times `--rate` bytes (one large multipart file and a set of small
 files, sent concurrently) with `max_bandwidth = --rate` to a loopback S3 server, and
 measures at the server the bytes of request bodies it received and when. Reports the rate
 over the whole upload (first request to last byte) and over every full 5 s window after the
