@@ -42,6 +42,9 @@ test: lint typecheck unit
 
 bench: venv
 	$(BIN)/python bench/run.py
+	$(BIN)/python bench/bandwidth.py
+	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info

@@ -233,17 +233,21 @@ class S3Store:
 
         return self._call("HeadObject", key, action)
 
+    def _get_object(self, key: str) -> Any | None:
+        """GetObject's answer, or None if there is no object at `key`."""
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=key)
+        except botocore.exceptions.ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+
     def get_bytes(self, key: str) -> bytes | None:
         """Return a (small) object's bytes, or None if there is none."""
 
         def action() -> bytes | None:
-            try:
-                answer = self.client.get_object(Bucket=self.bucket, Key=key)
-            except botocore.exceptions.ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                raise
-            return bytes(answer["Body"].read())
+            answer = self._get_object(key)
+            return None if answer is None else bytes(answer["Body"].read())
 
         return self._call("GetObject", key, action)
 
@@ -252,12 +256,9 @@ class S3Store:
         or None if there is none. Memory stays at one chunk whatever the object's size."""
 
         def action() -> tuple[int, str] | None:
-            try:
-                answer = self.client.get_object(Bucket=self.bucket, Key=key)
-            except botocore.exceptions.ClientError as error:
-                if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    return None
-                raise
+            answer = self._get_object(key)
+            if answer is None:
+                return None
             running = RunningChecksum(algorithm)
             size = 0
             for chunk in answer["Body"].iter_chunks(chunk_size=1024**2):

@@ -391,7 +391,14 @@ class SessionUploader:
                 parts_done=len(upload.parts),
             )
             return upload
-        part_size = part_size_for(record.size, self.settings.upload.part_size)
+        return self._start_upload(
+            record, part_size_for(record.size, self.settings.upload.part_size)
+        )
+
+    def _start_upload(
+        self, record: FileRecord, part_size: int, *, growing: bool = False
+    ) -> UploadRecord:
+        """Create a multipart upload and record it in the same step."""
         upload_id = self.store.create_multipart(
             record.key,
             metadata=self._object_metadata(record, **{"agent-part-size": str(part_size)}),
@@ -403,6 +410,7 @@ class SessionUploader:
             part_size=part_size,
             checksum_algorithm=self.algorithm,
             now=self.clock(),
+            growing=growing,
         )
         fresh = self.state.upload_for(record.session_id, record.rel_path)
         assert fresh is not None
@@ -549,21 +557,7 @@ class SessionUploader:
         if stable <= len(done):
             return
         if upload is None:
-            upload_id = self.store.create_multipart(
-                record.key,
-                metadata=self._object_metadata(record, **{"agent-part-size": str(part_size)}),
-                checksum_algorithm=self.algorithm if self.send_checksums else None,
-            )
-            self.state.upload_started(
-                upload_id=upload_id,
-                record=record,
-                part_size=part_size,
-                checksum_algorithm=self.algorithm,
-                now=self.clock(),
-                growing=True,
-            )
-            upload = self.state.upload_for(record.session_id, record.rel_path)
-            assert upload is not None
+            upload = self._start_upload(record, part_size, growing=True)
             log.info("growing_upload_started", key=record.key, size=info.st_size)
         job = _MultipartJob(record, path, upload.upload_id, part_size, remaining=set())
         running = RunningChecksum(self.algorithm)  # whole-file value is settled at the end

@@ -83,8 +83,9 @@ def main() -> int:
             session = source / "mouse1" / f"session{number:02d}"
             session.mkdir(parents=True)
             for index in range(3):
+                if index:
+                    time.sleep(0.4)
                 (session / f"part{index}.bin").write_bytes(os.urandom(256 * 1024))
-                time.sleep(0.4)
             last_write = time.time()
             session_id = f"ephys/mouse1/session{number:02d}"
 
