@@ -31,6 +31,7 @@ from agent.throttle import Interrupted, ThrottledBody, TokenBucket
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import TagTypeDef
 
 T = TypeVar("T")
 
@@ -363,6 +364,20 @@ class S3Store:
             return str(answer["ETag"]).strip('"')
 
         return self._call("UploadPart", key, action)
+
+    def tag(self, key: str, tags: Mapping[str, str]) -> None:
+        """Replace the object's tags (used for values known only after its bytes were sent,
+        such as a multipart object's whole-file checksum)."""
+        tag_set: list[TagTypeDef] = [
+            {"Key": name, "Value": value} for name, value in sorted(tags.items())
+        ]
+        self._call(
+            "PutObjectTagging",
+            key,
+            lambda: self.client.put_object_tagging(
+                Bucket=self.bucket, Key=key, Tagging={"TagSet": tag_set}
+            ),
+        )
 
     def complete_multipart(
         self,

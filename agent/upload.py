@@ -691,6 +691,7 @@ class SessionUploader:
                 ) from None
             etag = info.etag
         assert job.checksum is not None
+        self._tag_checksum(upload.key, job.checksum)
         self.state.file_uploaded(
             record,
             checksum=job.checksum,
@@ -706,6 +707,17 @@ class SessionUploader:
             bytes=record.size,
             parts=len(parts),
         )
+
+    def _tag_checksum(self, key: str, checksum: str) -> None:
+        """A multipart object's whole-file checksum is known only after its last part, too
+        late for its metadata: it goes into the object's tags instead (and always into the
+        database and the manifest). A server without tagging only costs the tag."""
+        try:
+            self.store.tag(
+                key, {"agent-checksum": checksum, "agent-checksum-algorithm": self.algorithm}
+            )
+        except TransferError as error:
+            log.warning("checksum_tag_failed", key=key, error=str(error))
 
     # --- manifest -----------------------------------------------------------------------------
 

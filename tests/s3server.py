@@ -31,6 +31,8 @@ def operation_of(method: str, path: str, query: dict[str, list[str]]) -> str:
     key = path.strip("/").count("/") >= 1
     if method == "PUT" and "partNumber" in query:
         return "UploadPart"
+    if method == "PUT" and "tagging" in query:
+        return "PutObjectTagging"
     if method == "PUT" and key:
         return "PutObject"
     if method == "POST" and "uploads" in query:

@@ -42,7 +42,9 @@ def uploaded_rig(make_rig: Callable[..., Rig]) -> tuple[Rig, Path]:
     return rig, session
 
 
-def test_verify_matches_after_upload_including_read_back(make_rig: Callable[..., Rig]) -> None:
+def test_verify_matches_after_upload_including_read_back(
+    make_rig: Callable[..., Rig], client: Any
+) -> None:
     rig, _session = uploaded_rig(make_rig)
 
     code, report = verify(rig, "--download")
@@ -52,6 +54,16 @@ def test_verify_matches_after_upload_including_read_back(make_rig: Callable[...,
     assert report["files"] == 3
     # Local files and objects were each read once: twice (11 MiB + 16 bytes).
     assert report["bytes_read"] == 2 * (11 * 1024**2 + 12 + 4)
+    # The multipart object's whole-file checksum, unknown at its creation, is in its tags.
+    state = rig.settings().state_db_path
+    tags = client.get_object_tagging(Bucket=rig.bucket, Key=f"{PREFIX}/big.ap.bin")["TagSet"]
+    recorded = json.loads(rig.agentctl("sessions", "--json").stdout)[0]
+    assert state.exists() and recorded["state"] == "uploaded"
+    manifest = json.loads(
+        client.get_object(Bucket=rig.bucket, Key=recorded["manifest_key"])["Body"].read()
+    )
+    big = next(entry for entry in manifest["files"] if entry["path"] == "big.ap.bin")
+    assert {"Key": "agent-checksum", "Value": big["checksum"]["value"]} in tags
     human = rig.agentctl("verify", SESSION)
     assert human.returncode == 0
     assert "S3 matches" in human.stdout
