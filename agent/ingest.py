@@ -203,7 +203,7 @@ class Ingest:
         if verdict.ready and source.check_open_files:
             # Only asked once everything else holds: reading /proc costs more than a stat.
             writers = open_for_writing(Path(record.path), ignore_pid=os.getpid()) or {}
-            held = tuple(sorted(name for name in writers if name in set(names)))
+            held = tuple(sorted(set(writers) & set(names)))
             if held:
                 verdict = sessions.judge(replace(observation, open_for_writing=held), rule, now)
                 recheck_at = now + OPEN_FILE_RECHECK

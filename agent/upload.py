@@ -295,6 +295,20 @@ class SessionUploader:
 
     # --- producing units ----------------------------------------------------------------------
 
+    def _read_part(self, descriptor: int, part: Part, path: Path) -> tuple[bytes, int]:
+        """Read one whole part within the memory budget; return its bytes and the budget
+        taken. A short read means the file shrank: FileChangedError."""
+        reserved = self.budget.acquire(part.length, self.store.stop)
+        try:
+            data = os.pread(descriptor, part.length, part.offset)
+        except BaseException:
+            self.budget.release(reserved)
+            raise
+        if len(data) != part.length:
+            self.budget.release(reserved)
+            raise FileChangedError(str(path))
+        return data, reserved
+
     def _check_unchanged(self, path: Path, record: FileRecord) -> None:
         if stat_file(path) != (record.size, record.mtime_ns):
             raise FileChangedError(str(path))
@@ -445,15 +459,7 @@ class SessionUploader:
         )
         with path.open("rb") as handle:
             for part in parts[start:]:
-                reserved = self.budget.acquire(part.length, self.store.stop)
-                try:
-                    data = os.pread(handle.fileno(), part.length, part.offset)
-                except BaseException:
-                    self.budget.release(reserved)
-                    raise
-                if len(data) != part.length:
-                    self.budget.release(reserved)
-                    raise FileChangedError(str(path))
+                data, reserved = self._read_part(handle.fileno(), part, path)
                 running.update(data)
                 if part.number in done:
                     self.budget.release(reserved)
@@ -566,15 +572,9 @@ class SessionUploader:
                 if number in done:
                     continue
                 offset = (number - 1) * part_size
-                reserved = self.budget.acquire(part_size, self.store.stop)
-                try:
-                    data = os.pread(handle.fileno(), part_size, offset)
-                except BaseException:
-                    self.budget.release(reserved)
-                    raise
-                if len(data) != part_size:
-                    self.budget.release(reserved)
-                    raise FileChangedError(str(path))
+                data, reserved = self._read_part(
+                    handle.fileno(), Part(number, offset, part_size), path
+                )
                 yield _Unit(
                     record,
                     data,
