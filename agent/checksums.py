@@ -11,6 +11,7 @@ import base64
 import hashlib
 import zlib
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from awscrt import checksums as crt_checksums
 
@@ -76,10 +77,10 @@ class RunningChecksum:
         return _crc_b64(self.crc)
 
 
-def file_checksum(path: str, algorithm: str, chunk: int = 8 * 1024**2) -> tuple[str, int]:
-    """Read a whole file; return (base64 checksum, bytes read)."""
+def stream_checksum(handle: BinaryIO, algorithm: str, chunk: int = 8 * 1024**2) -> tuple[str, int]:
+    """Given an open binary stream, read it to its end; return (base64 checksum, bytes
+    read). The caller opens it (source files only through `scan.open_source`)."""
     running = RunningChecksum(algorithm)
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            running.update(block)
+    while block := handle.read(chunk):
+        running.update(block)
     return running.value(), running.position

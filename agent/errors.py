@@ -63,8 +63,11 @@ class NoSuchUploadError(PermanentTransferError):
 
 
 class FileChangedError(AgentError):
-    """A local file changed (size or mtime) while it was being read for upload."""
+    """A local file is not the one the scan saw: its size or mtime changed while it was being
+    read, or the path now leads elsewhere (a symbolic link, another inode or device, not a
+    regular file). It is never uploaded as it is; the next scan looks at it again."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, reason: str = "changed while it was being uploaded") -> None:
         self.path = path
-        super().__init__(f"{path} changed while it was being uploaded")
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")

@@ -27,7 +27,15 @@ from agent.planning import (
     template_root,
     unsafe_name_reason,
 )
-from agent.scan import SessionScan, find_sessions, open_for_writing, scan_session
+from agent.scan import (
+    SessionScan,
+    find_sessions,
+    is_utf8,
+    open_for_writing,
+    real_directory,
+    scan_session,
+    shown_name,
+)
 from agent.state import SessionRecord, State
 from agent.transfer import S3Store
 from agent.upload import SessionUploader, UploadOutcome
@@ -36,6 +44,24 @@ log = structlog.get_logger("agent.ingest")
 
 # A session held back only by a file still open for writing is looked at again this often.
 OPEN_FILE_RECHECK = 10.0
+
+NOT_UTF8_SESSION_REASON = (
+    "session directory name is not valid UTF-8 (shown with \\x escapes); rename it to upload it"
+)
+
+
+def log_retry(error: TransferError, attempt: int, delay: float) -> None:
+    """The store's retry callback for `sync` and the daemon: one warning per retry, whose
+    `error` is the server's answer without the key, so a storm of identical answers for many
+    files is summarised as one line a minute."""
+    log.warning(
+        "s3_retry",
+        error=error.reason,
+        operation=error.operation,
+        key=error.key,
+        attempt=attempt,
+        delay_s=round(delay, 2),
+    )
 
 
 def session_id_for(source: SourceSettings, rel_path: str) -> str:
@@ -128,6 +154,8 @@ class Ingest:
         self.store = store
         self.clock = clock
         self.uploader = SessionUploader(settings, state, store, clock=clock)
+        # Session paths already warned about (not UTF-8): once per process, not every rescan.
+        self._skipped: set[str] = set()
 
     # --- observing ----------------------------------------------------------------------------
 
@@ -135,12 +163,19 @@ class Ingest:
         """Scan one session, record it, judge it; return its record (None if never seen and
         its directory does not exist, or if the path does not fit the source's layout)."""
         now = self.clock()
+        if not is_utf8(rel_path):
+            # Its id, path and keys could not be stored or sent; skip it, loudly, once.
+            shown = shown_name(str(source.path / rel_path))
+            if shown not in self._skipped:
+                self._skipped.add(shown)
+                log.warning("session_skipped", path=shown, reason=NOT_UTF8_SESSION_REASON)
+            return None
         session_id = session_id_for(source, rel_path)
         path = source.path / rel_path
         values = session_values(self.settings, source, rel_path)
         if values is None:
             return None
-        if not path.is_dir():
+        if not real_directory(source.path, rel_path):
             existing = self.state.get_session(session_id)
             if existing is not None and not existing.local_missing:
                 log.warning("session_directory_gone", session=session_id, path=str(path))
@@ -157,7 +192,7 @@ class Ingest:
         keys: dict[str, str] = {}
         refused: dict[str, str] = {}
         for item in scan.files:
-            reason = refusal_reason(source, item.rel_path)
+            reason = item.refusal or refusal_reason(source, item.rel_path)
             if reason is None:
                 keys[item.rel_path] = object_key(prefix, item.rel_path)
             else:
@@ -324,7 +359,10 @@ class Ingest:
         else:
             reason = f"changed during upload: {', '.join(outcome.changed[:3])}"
             log.warning("session_changed_during_upload", session=record.id, files=outcome.changed)
-            self.state.set_session_state(record.id, sessions.WAITING, reason=reason)
+            # Forget the listing's fingerprint so the next scan records the files afresh even
+            # if names, sizes and mtimes look the same (a file swapped for a copy, or for a
+            # link, keeps them): otherwise the stale inode would fail every later attempt.
+            self.state.set_session_state(record.id, sessions.WAITING, reason=reason, fingerprint="")
         return outcome
 
     def growing_sessions(self) -> list[SessionRecord]:
@@ -372,7 +410,16 @@ class Ingest:
             )
             return
         for root in sorted(roots):
-            for remote in self.store.list_multipart_uploads(root + "/"):
+            remote_uploads = self.store.list_multipart_uploads(root + "/")
+            if remote_uploads is None:
+                log.warning(
+                    "orphan_check_skipped",
+                    reason="the server does not implement ListMultipartUploads, so uploads "
+                    "created but never recorded (a crash at that moment) cannot be found and "
+                    "aborted; a lifecycle rule AbortIncompleteMultipartUpload cleans them up",
+                )
+                return
+            for remote in remote_uploads:
                 if remote.upload_id not in known:
                     log.warning("orphan_upload_aborted", key=remote.key, upload_id=remote.upload_id)
                     self.store.abort_multipart(remote.key, remote.upload_id)
@@ -404,6 +451,13 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
         for rel_path in find_sessions(
             source.path, source.session_depth, source.exclude, source.layout
         ):
+            if not is_utf8(rel_path):
+                log.warning(
+                    "session_skipped",
+                    path=shown_name(str(source.path / rel_path)),
+                    reason=NOT_UTF8_SESSION_REASON,
+                )
+                continue
             values = session_values(settings, source, rel_path)
             assert values is not None  # find_sessions only yields paths that fit the layout
             scan = scan_session(source.path, rel_path, source.exclude)
@@ -417,7 +471,7 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
             refused = tuple(
                 (f.rel_path, reason)
                 for f in scan.files
-                if (reason := refusal_reason(source, f.rel_path)) is not None
+                if (reason := f.refusal or refusal_reason(source, f.rel_path)) is not None
             )
             refused_names = {name for name, _reason in refused}
             to_send = [

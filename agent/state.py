@@ -79,6 +79,7 @@ class FileRecord:
     uploaded_mtime_ns: int | None
     uploaded_at: float | None
     error: str | None
+    device: int | None = None
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,11 @@ def fingerprint_of(files: tuple[FileStat, ...]) -> str:
     digest = hashlib.sha1(usedforsecurity=False)
     for item in files:
         digest.update(f"{item.rel_path}\0{item.size}\0{item.mtime_ns}\n".encode())
+        if item.refusal is not None:
+            # Only entries the scan refuses add to the digest, so listings of ordinary files
+            # keep the fingerprint earlier versions stored (no session reopens on upgrade),
+            # while a file turning into a symlink of the same size and mtime still counts.
+            digest.update(f"\0{item.refusal}\n".encode())
     return digest.hexdigest()
 
 
@@ -270,7 +276,17 @@ def _migration_2(db: sqlite_utils.Database) -> None:
     db["flags"].create({"name": str, "value": str, "set_at": float}, pk="name")  # type: ignore[union-attr]
 
 
-MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (_migration_1, _migration_2)
+def _migration_3(db: sqlite_utils.Database) -> None:
+    # The device a file was scanned on: a read checks the opened descriptor's (device, inode)
+    # against the scan's, so a file swapped for another (or a link to one) is never read.
+    db.execute("alter table files add column device integer")
+
+
+MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
+    _migration_1,
+    _migration_2,
+    _migration_3,
+)
 
 
 def _session_from_row(row: dict[str, Any]) -> SessionRecord:
@@ -487,7 +503,7 @@ class State:
         known = {
             row["rel_path"]: row
             for row in self.db.query(
-                "select rel_path, size, mtime_ns, inode, state, key, uploaded_size, "
+                "select rel_path, size, mtime_ns, inode, device, state, key, uploaded_size, "
                 "uploaded_mtime_ns, error from files where session_id = ?",
                 [session_id],
             )
@@ -508,6 +524,7 @@ class State:
                         item.size,
                         item.mtime_ns,
                         item.inode,
+                        item.device,
                         key or "",
                         PENDING if key else REFUSED,
                         error,
@@ -519,10 +536,18 @@ class State:
                 item.mtime_ns,
             )
             new_state = REFUSED if not key else DONE if same_as_uploaded else PENDING
-            if (row["size"], row["mtime_ns"], row["inode"], row["state"], row["key"]) != (
+            if (
+                row["size"],
+                row["mtime_ns"],
+                row["inode"],
+                row["device"],
+                row["state"],
+                row["key"],
+            ) != (
                 item.size,
                 item.mtime_ns,
                 item.inode,
+                item.device,
                 new_state,
                 key or "",
             ) or (not key and row["error"] != error):
@@ -531,6 +556,7 @@ class State:
                         item.size,
                         item.mtime_ns,
                         item.inode,
+                        item.device,
                         new_state,
                         key or "",
                         error if not key else row["error"],
@@ -545,6 +571,7 @@ class State:
                         row["size"],
                         row["mtime_ns"],
                         row["inode"],
+                        row["device"],
                         MISSING,
                         row["key"],
                         row["error"],
@@ -555,14 +582,14 @@ class State:
         if inserts:
             # Plain executemany: a first scan of a large tree inserts millions of rows.
             self._connection.executemany(
-                "insert into files (session_id, rel_path, size, mtime_ns, inode, key, state, "
-                "error) values (?, ?, ?, ?, ?, ?, ?, ?)",
+                "insert into files (session_id, rel_path, size, mtime_ns, inode, device, key, "
+                "state, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 inserts,
             )
         if updates:
             self._connection.executemany(
-                "update files set size = ?, mtime_ns = ?, inode = ?, state = ?, key = ?, "
-                "error = ? where session_id = ? and rel_path = ?",
+                "update files set size = ?, mtime_ns = ?, inode = ?, device = ?, state = ?, "
+                "key = ?, error = ? where session_id = ? and rel_path = ?",
                 updates,
             )
 
@@ -903,6 +930,24 @@ class State:
                 )
             )
         return int(row["files"]), int(row["bytes"])
+
+    def last_upload_at(self) -> float | None:
+        """When a session was last uploaded completely, or None if never."""
+        with self._lock:
+            row = next(self.db.query("select max(uploaded_at) as at from sessions"))
+        return None if row["at"] is None else float(row["at"])
+
+    def upload_progress(self) -> tuple[int, int]:
+        """(bytes uploaded, bytes in all) over the sessions being uploaded now."""
+        with self._lock:
+            row = next(
+                self.db.query(
+                    """select coalesce(sum(uploaded_bytes), 0) as done,
+                              coalesce(sum(bytes), 0) as total
+                       from sessions where state = 'uploading'"""
+                )
+            )
+        return int(row["done"]), int(row["total"])
 
     def last_error(self) -> tuple[str, str] | None:
         """(session id, error) of the most recent failure still standing, or None."""

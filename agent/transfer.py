@@ -17,6 +17,7 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import boto3
 import botocore.exceptions
+import structlog
 from botocore.config import Config
 
 from agent.checksums import S3_ALGORITHM_NAMES, RunningChecksum
@@ -27,6 +28,7 @@ from agent.errors import (
     RetryableTransferError,
     TransferError,
 )
+from agent.redact import SECRETS
 from agent.throttle import Interrupted, ThrottledBody, TokenBucket
 
 if TYPE_CHECKING:
@@ -50,6 +52,11 @@ _RETRYABLE_CODES = frozenset(
     }
 )
 _NOT_IMPLEMENTED_CODES = frozenset({"NotImplemented", "501"})
+# Some S3-compatible servers answer an operation they lack with 405 MethodNotAllowed. Only for
+# the optional listings does that mean "feature missing"; elsewhere (an object-lock or a
+# versioning refusal) 405 stays a permanent error of the request.
+_METHOD_NOT_ALLOWED_CODES = frozenset({"MethodNotAllowed", "405"})
+OPTIONAL_OPERATIONS = frozenset({"ListParts", "ListMultipartUploads"})
 _RETRYABLE_EXCEPTIONS = (
     botocore.exceptions.EndpointConnectionError,
     botocore.exceptions.ConnectionClosedError,
@@ -61,6 +68,8 @@ _RETRYABLE_EXCEPTIONS = (
     TimeoutError,
 )
 AGENT_METADATA_MARK = "ingest-agent"
+
+log = structlog.get_logger("agent.transfer")
 
 
 class NotImplementedByServerError(PermanentTransferError):
@@ -84,6 +93,10 @@ def classify_error(error: BaseException, operation: str, key: str) -> TransferEr
         if code == "NoSuchUpload":
             return NoSuchUploadError(operation, key, reason)
         if code in _NOT_IMPLEMENTED_CODES or status == 501:
+            return NotImplementedByServerError(operation, key, reason)
+        if operation in OPTIONAL_OPERATIONS and (
+            code in _METHOD_NOT_ALLOWED_CODES or status == 405
+        ):
             return NotImplementedByServerError(operation, key, reason)
         if code in ("PreconditionFailed", "412") or status == 412:
             return PreconditionFailedError(operation, key, reason)
@@ -145,6 +158,12 @@ def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3C
         region_name=destination.region,
         config=config,
     )
+    # The client resolved its credentials while being built (environment, profile, role):
+    # whichever they are, they are masked in everything the agent logs or prints.
+    credentials = session.get_credentials()
+    if credentials is not None:
+        frozen = credentials.get_frozen_credentials()
+        SECRETS.add([frozen.access_key, frozen.secret_key, frozen.token])
     return client
 
 
@@ -180,6 +199,7 @@ class S3Store:
         # None = not yet known; detected on first use when the mode is "auto".
         self.conditional_writes: bool | None = {"on": True, "off": False}.get(conditional_writes)
         self.list_parts_supported: bool | None = None
+        self.list_uploads_supported: bool | None = None
 
     # --- the retry loop ---------------------------------------------------------------------
 
@@ -417,16 +437,24 @@ class S3Store:
         except NoSuchUploadError:
             return
 
-    def list_multipart_uploads(self, prefix: str) -> list[RemoteUpload]:
-        """Every open multipart upload under `prefix` (all pages)."""
+    def list_multipart_uploads(self, prefix: str) -> list[RemoteUpload] | None:
+        """Every open multipart upload under `prefix` (all pages), or None where the server
+        does not implement ListMultipartUploads (501, or 405)."""
+        if self.list_uploads_supported is False:
+            return None
         uploads: list[RemoteUpload] = []
         arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
         while True:
-            page = self._call(
-                "ListMultipartUploads",
-                prefix,
-                lambda: self.client.list_multipart_uploads(**arguments),
-            )
+            try:
+                page = self._call(
+                    "ListMultipartUploads",
+                    prefix,
+                    lambda: self.client.list_multipart_uploads(**arguments),
+                )
+            except NotImplementedByServerError:
+                self.list_uploads_supported = False
+                return None
+            self.list_uploads_supported = True
             uploads.extend(
                 RemoteUpload(str(item["Key"]), str(item["UploadId"]))
                 for item in page.get("Uploads", [])
@@ -438,7 +466,8 @@ class S3Store:
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, str] | None:
         """{part number: etag} the server holds for an upload, or None where the server
-        does not implement ListParts. Raise NoSuchUploadError if the upload is gone."""
+        does not implement ListParts (501, or 405): detected once, said once, and not asked
+        again. Raise NoSuchUploadError if the upload is gone."""
         if self.list_parts_supported is False:
             return None
         parts: dict[int, str] = {}
@@ -446,7 +475,13 @@ class S3Store:
         while True:
             try:
                 page = self._call("ListParts", key, lambda: self.client.list_parts(**arguments))
-            except NotImplementedByServerError:
+            except NotImplementedByServerError as error:
+                log.warning(
+                    "list_parts_unsupported",
+                    action="ListParts not supported by the server: resuming from our own "
+                    "records only",
+                    error=error.reason,
+                )
                 self.list_parts_supported = False
                 return None
             self.list_parts_supported = True

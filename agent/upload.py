@@ -24,7 +24,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import structlog
 
@@ -47,7 +47,7 @@ from agent.planning import (
     part_size_for,
     plan_parts,
 )
-from agent.scan import stat_file
+from agent.scan import check_unchanged, open_source
 from agent.state import FileRecord, PartRecord, SessionRecord, State, UploadRecord
 from agent.throttle import Interrupted
 from agent.transfer import (
@@ -279,7 +279,7 @@ class SessionUploader:
         if info is None or info.size != record.size:
             return False
         path = Path(session.path) / record.rel_path
-        match = _local_matches(path, info, self.algorithm)
+        match = _local_matches(path, record, info, self.algorithm)
         if match is None:
             return False
         self.state.file_uploaded(
@@ -309,9 +309,15 @@ class SessionUploader:
             raise FileChangedError(str(path))
         return data, reserved
 
-    def _check_unchanged(self, path: Path, record: FileRecord) -> None:
-        if stat_file(path) != (record.size, record.mtime_ns):
-            raise FileChangedError(str(path))
+    @staticmethod
+    def _check_unchanged(path: Path, record: FileRecord) -> None:
+        check_unchanged(
+            path,
+            size=record.size,
+            mtime_ns=record.mtime_ns,
+            inode=record.inode,
+            device=record.device,
+        )
 
     def _small_units(
         self,
@@ -324,8 +330,12 @@ class SessionUploader:
             path = Path(session.path) / record.rel_path
             reserved = self.budget.acquire(record.size, self.store.stop)
             try:
-                self._check_unchanged(path, record)
-                with path.open("rb") as handle:
+                with open_source(path, inode=record.inode, device=record.device) as (
+                    handle,
+                    info,
+                ):
+                    if (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
+                        raise FileChangedError(str(path))
                     data = handle.read(record.size + 1)
                 if len(data) != record.size:
                     raise FileChangedError(str(path))
@@ -350,8 +360,15 @@ class SessionUploader:
         for record in records:
             path = Path(session.path) / record.rel_path
             try:
-                self._check_unchanged(path, record)
-                yield from self._parts_of(session, record, path)
+                # Opened before any multipart upload is created for it: a file swapped since
+                # the scan costs nothing on the server.
+                with open_source(path, inode=record.inode, device=record.device) as (
+                    handle,
+                    info,
+                ):
+                    if (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
+                        raise FileChangedError(str(path))
+                    yield from self._parts_of(session, record, path, handle)
             except (FileChangedError, FileNotFoundError):
                 with lock:
                     outcome.changed.append(record.rel_path)
@@ -367,7 +384,10 @@ class SessionUploader:
             else:
                 log.info(
                     "upload_discarded",
+                    session=record.session_id,
+                    file=record.rel_path,
                     key=record.key,
+                    upload_id=upload.upload_id,
                     reason=reason or "file changed since it started",
                 )
                 self.store.abort_multipart(upload.key, upload.upload_id)
@@ -382,7 +402,11 @@ class SessionUploader:
                     plan_parts(record.size, upload.part_size)
                 ):
                     log.warning(
-                        "upload_unknown_to_server", key=upload.key, upload_id=upload.upload_id
+                        "upload_unknown_to_server",
+                        session=record.session_id,
+                        file=record.rel_path,
+                        key=upload.key,
+                        upload_id=upload.upload_id,
                     )
                     self.state.upload_finished(upload.upload_id)
                     upload = None
@@ -393,13 +417,20 @@ class SessionUploader:
                 lost = [p for p in upload.parts if on_server.get(p.number) != p.etag]
                 if lost:
                     log.warning(
-                        "parts_missing_on_server", key=upload.key, parts=[p.number for p in lost]
+                        "parts_missing_on_server",
+                        session=record.session_id,
+                        file=record.rel_path,
+                        key=upload.key,
+                        upload_id=upload.upload_id,
+                        parts=[p.number for p in lost],
                     )
                     self.state.forget_parts(upload.upload_id, [p.number for p in lost])
                     upload = self.state.upload_for(record.session_id, record.rel_path)
         if upload is not None:
             log.info(
                 "upload_resumed",
+                session=record.session_id,
+                file=record.rel_path,
                 key=upload.key,
                 upload_id=upload.upload_id,
                 parts_done=len(upload.parts),
@@ -430,7 +461,11 @@ class SessionUploader:
         assert fresh is not None
         return fresh
 
-    def _parts_of(self, session: SessionRecord, record: FileRecord, path: Path) -> Iterator[_Unit]:
+    def _parts_of(
+        self, session: SessionRecord, record: FileRecord, path: Path, handle: BinaryIO
+    ) -> Iterator[_Unit]:
+        """The parts of one large file still to send, read from `handle` (opened by
+        `open_source`, so they come from the scanned file and nothing else)."""
         upload = self._open_upload(record)
         parts = plan_parts(record.size, upload.part_size)
         done = {part.number: part for part in upload.parts}
@@ -457,31 +492,30 @@ class SessionUploader:
             upload.part_size,
             remaining={p.number for p in parts if p.number not in done},
         )
-        with path.open("rb") as handle:
-            for part in parts[start:]:
-                data, reserved = self._read_part(handle.fileno(), part, path)
-                running.update(data)
-                if part.number in done:
-                    self.budget.release(reserved)
-                    if upload.growing and digest_b64(self.algorithm, data) != (
-                        done[part.number].checksum
-                    ):
-                        self._discard_rewritten(upload, part.number)
-                        raise FileChangedError(str(path))
-                    continue
-                if part.number == parts[-1].number:
-                    job.checksum = running.value()
-                yield _Unit(
-                    record,
-                    data,
-                    reserved,
-                    part=part,
-                    job=job,
-                    # Kept even when not sent: it lets a growing upload prove its early
-                    # parts still match the file.
-                    part_checksum=digest_b64(self.algorithm, data),
-                    running_checksum=running.save(),
-                )
+        for part in parts[start:]:
+            data, reserved = self._read_part(handle.fileno(), part, path)
+            running.update(data)
+            if part.number in done:
+                self.budget.release(reserved)
+                if upload.growing and digest_b64(self.algorithm, data) != (
+                    done[part.number].checksum
+                ):
+                    self._discard_rewritten(upload, part.number)
+                    raise FileChangedError(str(path))
+                continue
+            if part.number == parts[-1].number:
+                job.checksum = running.value()
+            yield _Unit(
+                record,
+                data,
+                reserved,
+                part=part,
+                job=job,
+                # Kept even when not sent: it lets a growing upload prove its early
+                # parts still match the file.
+                part_checksum=digest_b64(self.algorithm, data),
+                running_checksum=running.save(),
+            )
         with job.lock:
             job.checksum = running.value()
             job.reading_done = True
@@ -493,7 +527,10 @@ class SessionUploader:
     def _discard_rewritten(self, upload: UploadRecord, number: int) -> None:
         log.warning(
             "growing_upload_discarded",
+            session=upload.session_id,
+            file=upload.rel_path,
             key=upload.key,
+            upload_id=upload.upload_id,
             part=number,
             reason="bytes already sent changed: the file was rewritten, not appended to",
         )
@@ -551,23 +588,33 @@ class SessionUploader:
         self, session: SessionRecord, record: FileRecord, part_size: int
     ) -> Iterator[_Unit]:
         path = Path(session.path) / record.rel_path
-        info = os.stat(path)
         upload = self.state.upload_for(record.session_id, record.rel_path)
         if upload is not None and not upload.growing:
             return  # an ordinary upload of an earlier version is the final pass's business
-        if upload is not None and (info.st_ino != upload.inode or info.st_size < _covered(upload)):
-            self._discard_rewritten(upload, 0)
-            upload = None
-        stable = min((info.st_size - part_size) // part_size, MAX_PARTS - 1)
-        done = {part.number: part for part in upload.parts} if upload else {}
-        if stable <= len(done):
-            return
-        if upload is None:
-            upload = self._start_upload(record, part_size, growing=True)
-            log.info("growing_upload_started", key=record.key, size=info.st_size)
-        job = _MultipartJob(record, path, upload.upload_id, part_size, remaining=set())
-        running = RunningChecksum(self.algorithm)  # whole-file value is settled at the end
-        with path.open("rb") as handle:
+        # Opened first, and sized from its own descriptor: the bytes sent below come from the
+        # file the scan saw (same inode and device), not from whatever the path leads to now.
+        with open_source(path, inode=record.inode, device=record.device) as (handle, info):
+            if upload is not None and (
+                info.st_ino != upload.inode or info.st_size < _covered(upload)
+            ):
+                self._discard_rewritten(upload, 0)
+                upload = None
+            stable = min((info.st_size - part_size) // part_size, MAX_PARTS - 1)
+            done = {part.number: part for part in upload.parts} if upload else {}
+            if stable <= len(done):
+                return
+            if upload is None:
+                upload = self._start_upload(record, part_size, growing=True)
+                log.info(
+                    "growing_upload_started",
+                    session=record.session_id,
+                    file=record.rel_path,
+                    key=record.key,
+                    upload_id=upload.upload_id,
+                    size=info.st_size,
+                )
+            job = _MultipartJob(record, path, upload.upload_id, part_size, remaining=set())
+            running = RunningChecksum(self.algorithm)  # whole-file value is settled at the end
             for number in range(1, stable + 1):
                 if number in done:
                     continue
@@ -640,6 +687,14 @@ class SessionUploader:
             etag=etag,
             now=self.clock(),
         )
+        log.info(
+            "file_uploaded",
+            session=session.id,
+            file=record.rel_path,
+            key=record.key,
+            bytes=record.size,
+            parts=0,
+        )
 
     def _settle_existing(self, record: FileRecord, unit: _Unit, metadata: dict[str, str]) -> str:
         """A conditional PUT found an object at the key. Ours with the same bytes: done.
@@ -704,7 +759,9 @@ class SessionUploader:
             "file_uploaded",
             session=session.id,
             file=record.rel_path,
+            key=record.key,
             bytes=record.size,
+            upload_id=upload.upload_id,
             parts=len(parts),
         )
 
@@ -795,7 +852,7 @@ def _growing_mismatch(upload: UploadRecord, record: FileRecord) -> str | None:
     return None
 
 
-def _local_matches(path: Path, info: ObjectInfo, algorithm: str) -> str | None:
+def _local_matches(path: Path, record: FileRecord, info: ObjectInfo, algorithm: str) -> str | None:
     """Read a local file once; if it holds the same bytes as the object described by `info`
     (by the agent's checksum metadata, or the multipart ETag for its part size), return the
     file's checksum; otherwise None."""
@@ -806,7 +863,9 @@ def _local_matches(path: Path, info: ObjectInfo, algorithm: str) -> str | None:
     part_digests: list[str] = []
     part_size = int(part_size_text) if part_size_text and part_size_text.isdigit() else 0
     try:
-        with path.open("rb") as handle:
+        with open_source(path, inode=record.inode, device=record.device) as (handle, opened):
+            if (opened.st_size, opened.st_mtime_ns) != (record.size, record.mtime_ns):
+                return None
             while True:
                 block = handle.read(part_size or 8 * 1024**2)
                 if not block and (part_digests or not part_size):
@@ -816,7 +875,7 @@ def _local_matches(path: Path, info: ObjectInfo, algorithm: str) -> str | None:
                     part_digests.append(hashlib.md5(block).hexdigest())
                 if not block:
                     break
-    except OSError:
+    except (OSError, FileChangedError):
         return None
     checksum = running.value()
     if stored is not None and stored_algorithm == algorithm:

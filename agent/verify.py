@@ -15,8 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from agent.checksums import file_checksum
-from agent.scan import stat_file
+from agent.checksums import stream_checksum
+from agent.errors import FileChangedError
+from agent.scan import open_source
 from agent.state import DONE, FileRecord, SessionRecord, State
 from agent.transfer import S3Store
 
@@ -94,20 +95,26 @@ def _check_object(
 
 
 def _check_local(path: Path, record: FileRecord, quick: bool, check: SessionCheck) -> list[str]:
-    seen = stat_file(path)
-    if seen is None:
+    # Not bound to the recorded inode: a copy put in place with the same bytes is no
+    # difference. But never through a symbolic link, so verify reads only session files.
+    try:
+        with open_source(path) as (handle, info):
+            size, mtime_ns = info.st_size, info.st_mtime_ns
+            if (size, mtime_ns) != (record.uploaded_size, record.uploaded_mtime_ns):
+                return [
+                    f"local file changed since upload (size {size}, recorded "
+                    f"{record.uploaded_size}); the agent re-sends it once its session is "
+                    "complete again"
+                ]
+            if quick or not record.checksum_algorithm or not record.checksum:
+                return []
+            checksum, read = stream_checksum(handle, record.checksum_algorithm)
+    except FileNotFoundError:
         # Deleting local data after upload is normal; there is nothing to compare.
         check.local_unchecked.append(record.rel_path)
         return []
-    size, mtime_ns = seen
-    if (size, mtime_ns) != (record.uploaded_size, record.uploaded_mtime_ns):
-        return [
-            f"local file changed since upload (size {size}, recorded {record.uploaded_size}); "
-            "the agent re-sends it once its session is complete again"
-        ]
-    if quick or not record.checksum_algorithm or not record.checksum:
-        return []
-    checksum, read = file_checksum(str(path), record.checksum_algorithm)
+    except FileChangedError as error:
+        return [f"local file is no longer the regular file that was uploaded: {error.reason}"]
     check.bytes_read += read
     if checksum != record.checksum:
         return [

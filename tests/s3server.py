@@ -1,7 +1,8 @@
 """A real S3 server for tests: moto's WSGI application served over HTTP on 127.0.0.1, behind
 a thin middleware that logs requests and can inject what no server does on demand: 5xx
-answers, a missing ListParts or If-None-Match, and a process kill right after the server has
-done a request's work (to simulate a crash before the client records it)."""
+answers, a missing ListParts, ListMultipartUploads or If-None-Match (answered 501 or 405, as
+real servers do), and a process kill right after the server has done a request's work (to
+simulate a crash before the client records it)."""
 
 from __future__ import annotations
 
@@ -102,6 +103,10 @@ class S3TestServer:
         self.faults: list[Fault] = []
         self.kills: list[KillAfter] = []
         self.list_parts_supported = True
+        self.list_uploads_supported = True
+        # What a server answers to an operation it lacks: (501, "NotImplemented") or, as some
+        # S3-compatible servers do, (405, "MethodNotAllowed").
+        self.missing_answer = (501, "NotImplemented")
         self.conditional_writes_supported = True
         # (monotonic time, bytes) for every chunk of request body the server read.
         self.received: list[tuple[float, int]] = []
@@ -132,6 +137,8 @@ class S3TestServer:
             self.faults.clear()
             self.kills.clear()
             self.list_parts_supported = True
+            self.list_uploads_supported = True
+            self.missing_answer = (501, "NotImplemented")
             self.conditional_writes_supported = True
 
     def count(self, operation: str) -> int:
@@ -186,8 +193,11 @@ class S3TestServer:
                     candidate.seen += 1
                     if candidate.seen == candidate.nth:
                         kill = candidate
-        if operation == "ListParts" and not self.list_parts_supported:
-            return self._error(start_response, 501, "NotImplemented")
+        if (operation == "ListParts" and not self.list_parts_supported) or (
+            operation == "ListMultipartUploads" and not self.list_uploads_supported
+        ):
+            request.status = self.missing_answer[0]
+            return self._error(start_response, *self.missing_answer)
         if not self.conditional_writes_supported:
             environ.pop("HTTP_IF_NONE_MATCH", None)
         if kill is None:
