@@ -6,6 +6,7 @@ No policy and no SQL here.
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import sys
 import time
@@ -14,10 +15,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, health, logs
+from agent import __version__, health, lock, logs
 from agent.config import Settings, default_config_path, load_settings
 from agent.errors import ConfigError, StateError, TransferError
-from agent.ingest import Ingest, plan_sync
+from agent.ingest import Ingest, log_retry, plan_sync
+from agent.redact import SECRETS, redact
 from agent.sessions import SESSION_STATES
 from agent.state import Heartbeat, SessionRecord, State
 from agent.throttle import limit_at
@@ -61,8 +63,8 @@ def session_json(record: SessionRecord) -> dict[str, Any]:
         "detected_at": iso(record.detected_at),
         "completed_at": iso(record.completed_at),
         "uploaded_at": iso(record.uploaded_at),
-        "error": record.error,
-        "reason": record.reason,
+        "error": redact(record.error) if record.error else None,
+        "reason": redact(record.reason) if record.reason else None,
         "attempts": record.attempts,
         "next_attempt_at": iso(record.next_attempt_at),
         "local_missing": record.local_missing,
@@ -118,7 +120,10 @@ def cmd_run(arguments: argparse.Namespace) -> int:
     from agent.service import Daemon  # noqa: PLC0415 - only `run` pays for watchdog
 
     settings = _settings(arguments)
-    logs.configure(settings.agent.log_level)
+    logs.configure(settings.agent.log_level, target=settings.agent.log_target)
+    # When the watchdog kills a hung daemon (SIGABRT), every thread's stack goes to stderr,
+    # which systemd keeps in the journal: the hang can be diagnosed afterwards.
+    faulthandler.enable()
     daemon = Daemon(settings)
     daemon.install_signal_handlers()
     return daemon.run()
@@ -127,9 +132,18 @@ def cmd_run(arguments: argparse.Namespace) -> int:
 def cmd_sync(arguments: argparse.Namespace) -> int:
     """One pass: scan, upload what is ready, summarise."""
     settings = _settings(arguments)
-    logs.configure(settings.agent.log_level)
+    logs.configure(settings.agent.log_level, target=settings.agent.log_target)
     if arguments.dry_run:
         return _sync_dry_run(settings, arguments.json)
+    held = lock.acquire(settings.agent.state_dir, "sync")
+    try:
+        return _sync(settings, arguments.json)
+    finally:
+        logs.flush_repeats(final=True)
+        held.release()
+
+
+def _sync(settings: Settings, as_json: bool) -> int:
     state = State.open(settings.state_db_path)
     try:
         heartbeat = _live_daemon(settings, state)
@@ -140,7 +154,7 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
-        store = store_from_settings(settings.destination, settings.upload)
+        store = store_from_settings(settings.destination, settings.upload, on_retry=log_retry)
         # A one-off pass keeps to the bandwidth of the time window it starts in; a paused
         # window does not stop it (the operator asked for it).
         limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
@@ -152,7 +166,7 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
             ingest.recover()
         except TransferError as error:
             # Each session's upload will meet the same problem and record it as its reason.
-            print(f"recovery skipped: {error}", file=sys.stderr)
+            print(f"recovery skipped: {redact(str(error))}", file=sys.stderr)
         files = size = 0
         failed: list[str] = []
         uploaded: list[str] = []
@@ -180,7 +194,7 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
         "files_per_s": round(files / seconds, 2),
         "failed": failed,
     }
-    if arguments.json:
+    if as_json:
         print(json.dumps(summary))
     else:
         print(
@@ -288,7 +302,7 @@ def cmd_status(arguments: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "state": verdict.name,
-                    "summary": verdict.summary,
+                    "summary": redact(verdict.summary),
                     "daemon": {
                         "running": verdict.daemon_running,
                         "pid": heartbeat.pid if heartbeat else None,
@@ -299,7 +313,9 @@ def cmd_status(arguments: argparse.Namespace) -> int:
                     },
                     "sessions": {name: counts.get(name, 0) for name in SESSION_STATES},
                     "backlog": {"files": files, "bytes": size},
-                    "last_error": f"{last_error[0]}: {last_error[1]}" if last_error else None,
+                    "last_error": redact(f"{last_error[0]}: {last_error[1]}")
+                    if last_error
+                    else None,
                     "uploads": {
                         "paused": paused_by is not None,
                         "paused_by": paused_by,
@@ -309,7 +325,7 @@ def cmd_status(arguments: argparse.Namespace) -> int:
             )
         )
     else:
-        print(f"{verdict.name.upper()} - {verdict.summary}")
+        print(f"{verdict.name.upper()} - {redact(verdict.summary)}")
         print("sessions: " + ", ".join(f"{counts.get(n, 0)} {n}" for n in SESSION_STATES))
         print(f"backlog: {files} file(s), {human_bytes(size)}")
         if heartbeat is not None:
@@ -342,7 +358,7 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
     print(f"{'SESSION':<{width}}  {'STATE':<9}  {'FILES':>6}  {'SIZE':>10}  {'DONE':>5}  NOTE")
     for record in records:
         done = 100 * record.uploaded_bytes / record.bytes if record.bytes else 100.0
-        note = record.error or record.reason or (record.manifest_key or "")
+        note = redact(record.error or record.reason or (record.manifest_key or ""))
         if record.local_missing:
             note = "local directory gone; " + note
         print(
@@ -566,8 +582,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `agentctl`; returns the exit code."""
     parser = build_parser()
     arguments = parser.parse_args(argv)
+    # Whatever a command prints, the credentials it runs with are masked in it.
+    SECRETS.add_environment()
     try:
         code: int = arguments.handler(arguments)
+    except lock.AlreadyRunningError as error:
+        print(error, file=sys.stderr)
+        return EXIT_FAILED
     except ConfigError as error:
         _print_config_error(error)
         return health.UNKNOWN if arguments.command == "status" else EXIT_CONFIG
@@ -575,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"state database: {error}", file=sys.stderr)
         return EXIT_FAILED
     except TransferError as error:
-        print(f"S3: {error}", file=sys.stderr)
+        print(f"S3: {redact(str(error))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_FAILED

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from agent.errors import ConfigError, ConfigProblem
 from agent.planning import BUILTIN_KEY_FIELDS, DEFAULT_KEY_TEMPLATE, Layout, template_fields
@@ -25,6 +26,7 @@ DEFAULT_STATE_DIR = "/var/lib/ingest-agent"
 DEFAULT_EXCLUDES = ("*.tmp", "*.part", "~$*", ".DS_Store", "Thumbs.db")
 CHECKSUM_ALGORITHMS = ("crc32c", "crc32", "sha256")
 WATCH_MODES = ("auto", "inotify", "poll", "off")
+LOG_TARGETS = ("auto", "journald", "console", "json")
 CONDITIONAL_WRITE_MODES = ("auto", "on", "off")
 MIN_PART_SIZE = 5 * 1024**2
 MAX_PART_SIZE = 5 * 1024**3
@@ -53,6 +55,7 @@ class AgentSettings:
     name: str
     state_dir: Path
     log_level: str = "info"
+    log_target: str = "auto"
     rescan_interval: float = 300.0
     heartbeat_interval: float = 5.0
     heartbeat_stale: float = 60.0
@@ -315,6 +318,7 @@ def _read_agent(table: _Table) -> AgentSettings:
         name=table.get("name", _nonempty_string, socket.gethostname()),
         state_dir=Path(table.get("state_dir", _nonempty_string, DEFAULT_STATE_DIR)),
         log_level=table.get("log_level", _choice(("debug", "info", "warning", "error")), "info"),
+        log_target=table.get("log_target", _choice(LOG_TARGETS), "auto"),
         rescan_interval=table.get("rescan_interval", parse_duration, 300.0),
         heartbeat_interval=table.get("heartbeat_interval", parse_duration, 5.0),
         heartbeat_stale=table.get("heartbeat_stale", parse_duration, 60.0),
@@ -345,6 +349,14 @@ def _read_destination(table: _Table) -> DestinationSettings:
     )
     if settings.endpoint_url is not None and not re.match(r"^https?://", settings.endpoint_url):
         table.problem("endpoint_url", "must start with http:// or https://")
+    elif settings.endpoint_url is not None and "@" in urlsplit(settings.endpoint_url).netloc:
+        # The value is not repeated: it holds a secret, and this message reaches logs.
+        table.problem(
+            "endpoint_url",
+            "must not contain user:password@ (it would reach logs and status output); put "
+            "credentials in the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, e.g. "
+            "/etc/ingest-agent/environment) or in a profile",
+        )
     table.finish()
     return settings
 

@@ -98,3 +98,49 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     if paused_by:
         return Health(OK, f"daemon running, uploads paused by the schedule; {waiting}", True, age)
     return Health(OK, f"daemon running; {waiting}", True, age)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 48 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+def status_line(
+    counts: dict[str, int],
+    backlog_files: int,
+    backlog_bytes: int,
+    *,
+    uploading_percent: float | None = None,
+    rate: float = 0.0,
+    last_upload_age: float | None = None,
+    paused_by: str | None = None,
+) -> str:
+    """One line for `systemctl status` and the heartbeat, e.g. '2 waiting, 1 uploading 41 %
+    at 38 MB/s, backlog 12.3 GB in 40 files, last upload 2 min ago'."""
+    parts = [f"{counts.get('waiting', 0)} waiting"]
+    if counts.get("ready", 0):
+        parts.append(f"{counts['ready']} ready")
+    uploading = counts.get("uploading", 0)
+    if uploading:
+        text = f"{uploading} uploading"
+        if uploading_percent is not None:
+            text += f" {uploading_percent:.0f} %"
+        if rate > 0:
+            text += f" at {rate / 1e6:.1f} MB/s"
+        parts.append(text)
+    if counts.get("failed", 0):
+        parts.append(f"{counts['failed']} failed")
+    parts.append(f"backlog {backlog_bytes / 1e9:.1f} GB in {backlog_files} files")
+    if last_upload_age is None:
+        parts.append("no upload yet")
+    else:
+        parts.append(f"last upload {_age(max(0.0, last_upload_age))} ago")
+    line = ", ".join(parts)
+    if paused_by:
+        line += f"; paused by {paused_by}"
+    return line

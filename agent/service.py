@@ -1,10 +1,16 @@
-"""The daemon: wiring, signals and the main loop. Holds no policy of its own.
+"""The daemon: wiring, signals, systemd notifications and the main loop. Holds no policy.
 
-Start-up: open state, recover from any crash, reconcile every source (the truth), start
-watching (hints). Then, until SIGTERM/SIGINT: beat the heartbeat, re-scan sessions that
-events point at, re-check waiting sessions whose quiet period may have passed, rescan
-everything every `rescan_interval`, and upload ready sessions one after another in a worker
-thread. On stop: finish or abandon the part in flight (it resumes), record the stop.
+Start-up: take the state directory's lock (one daemon per state), open state, recover from
+any crash, reconcile every source (the truth), start watching (hints), then tell systemd
+READY=1. Until SIGTERM/SIGINT: beat the heartbeat and keep STATUS= current, ping the
+watchdog while the loop and the uploader make progress, re-scan sessions that events point
+at, re-check waiting sessions whose quiet period may have passed, rescan everything every
+`rescan_interval`, and upload ready sessions one after another in a worker thread. SIGHUP
+is logged and ignored (settings are read once; restart to apply a changed config). On stop:
+STOPPING=1, finish or abandon the part in flight (it resumes), record the stop.
+
+Signal handlers only set flags: logging or talking to systemd from inside a handler could
+deadlock on a lock the interrupted code holds.
 """
 
 from __future__ import annotations
@@ -21,9 +27,11 @@ from types import FrameType
 
 import structlog
 
-from agent.config import Settings
-from agent.errors import TransferError
-from agent.ingest import Ingest, source_for_path
+from agent import health, lock, logs
+from agent.config import Settings, load_settings
+from agent.errors import AgentError, TransferError
+from agent.ingest import Ingest, log_retry, source_for_path
+from agent.notify import Notifier, Pulse, stall_limit
 from agent.state import State
 from agent.throttle import Limit, limit_at
 from agent.transfer import S3Store, store_from_settings
@@ -33,6 +41,12 @@ log = structlog.get_logger("agent.service")
 
 TICK = 0.5
 STOP_GRACE = 25.0
+# The rate in STATUS= is averaged over this many seconds.
+RATE_WINDOW = 10.0
+# Test-only fault switch: with AGENT_TEST_FAULTS=1 in the environment, a file of this name in
+# the state directory holding "loop" or "uploader" hangs that part of the daemon (once; the
+# file is removed), so tests can watch systemd's watchdog act. Ignored without the variable.
+FAULT_FILE = "test-fault-hang"
 
 
 class Daemon:
@@ -44,20 +58,30 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.time,
         stop: threading.Event | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
         self.stop = stop or threading.Event()
+        self.notifier = notifier or Notifier()
+        self.pulse = Pulse(time.monotonic)
+        self._stall_limit = stall_limit(
+            settings.upload.connect_timeout, settings.upload.read_timeout
+        )
         self._hints: set[tuple[str, str]] = set()
         self._hints_lock = threading.Lock()
         self._wake_uploader = threading.Event()
         self._rescan_now = threading.Event()
+        self._reload_asked = threading.Event()
+        self._signal: str | None = None
         # Set to halt uploads (stop, operator pause, or a paused time window); parts in
         # flight are abandoned and resume from the database later.
         self.halt = threading.Event()
         self.limit: Limit | None = None
         self.paused_by: str | None = None
         self.started_at = clock()
+        self._rate_samples: list[tuple[float, int]] = []
+        self._uploader_hang = threading.Event()
 
     def _on_path(self, path: Path) -> None:
         found = source_for_path(self.settings, path)
@@ -71,35 +95,58 @@ class Daemon:
         return hints
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM and SIGINT ask for a clean stop."""
+        """SIGTERM and SIGINT ask for a clean stop; SIGHUP asks for a reload (refused, logged).
 
-        def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("stop_requested", signal=signal.Signals(signum).name)
+        The handlers only set flags; the main loop logs and notifies within one tick.
+        """
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self._signal = signal.Signals(signum).name
             self.stop.set()
             self.halt.set()
 
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        def hang_up(signum: int, frame: FrameType | None) -> None:
+            self._reload_asked.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, hang_up)
 
     def run(self) -> int:
-        """Run until asked to stop. Return the process exit code."""
+        """Run until asked to stop. Return the process exit code.
+
+        Raise lock.AlreadyRunningError if another agent holds this state directory.
+        """
+        held = lock.acquire(self.settings.agent.state_dir, "daemon")
+        try:
+            return self._run()
+        finally:
+            held.release()
+
+    def _run(self) -> int:
+        if self.notifier.missing_library:
+            log.warning(
+                "sd_notify_unavailable",
+                error="systemd-python is not installed; systemd will not hear READY or "
+                "WATCHDOG (install python3-systemd or the systemd-python package)",
+            )
         state = State.open(self.settings.state_db_path)
         store = store_from_settings(
             self.settings.destination,
             self.settings.upload,
             stop=self.halt,
-            on_retry=lambda error, attempt, delay: log.warning(
-                "s3_retry", error=str(error), attempt=attempt, delay_s=round(delay, 2)
-            ),
+            on_retry=self._on_retry,
         )
         ingest = Ingest(self.settings, state, store, clock=self.clock)
         watcher = Watcher(self.settings.sources, self._on_path, self._rescan_now.set)
         try:
-            self._beat(state, "starting")
+            self._beat(state, "starting: recovering and reconciling")
+            self.notifier.status("starting: recovering unfinished uploads")
             try:
                 ingest.recover()
             except TransferError as error:
                 log.error("recovery_failed", error=str(error))
+            self.notifier.status("starting: scanning sources")
             ingest.reconcile()
             watcher.start()
             self._apply_limits(state, store)
@@ -107,20 +154,31 @@ class Daemon:
                 target=self._upload_loop, args=(ingest,), name="uploader", daemon=True
             )
             uploader.start()
+            line = self._status_line(state, store)
+            self._beat(state, line)
+            self.notifier.ready(line)
             log.info(
                 "agent_started",
                 agent=self.settings.agent.name,
                 pid=os.getpid(),
                 sources=[s.name for s in self.settings.sources],
+                watchdog_s=self.notifier.watchdog_interval,
             )
             self._main_loop(state, ingest, watcher, store)
+            self.notifier.stopping()
+            log.info("stop_requested", signal=self._signal)
             uploader.join(STOP_GRACE)
         finally:
             watcher.stop()
             state.stopped(self.clock())
             state.close()
+            logs.flush_repeats(final=True)
             log.info("agent_stopped")
         return 0
+
+    def _on_retry(self, error: TransferError, attempt: int, delay: float) -> None:
+        self.pulse.beat()
+        log_retry(error, attempt, delay)
 
     def _beat(self, state: State, status: str) -> None:
         state.beat(
@@ -131,14 +189,28 @@ class Daemon:
             status=status,
         )
 
-    def _status_line(self, state: State) -> str:
+    def _rate(self, store: S3Store) -> float:
+        """Bytes per second sent over the last RATE_WINDOW seconds."""
+        now = time.monotonic()
+        self._rate_samples.append((now, store.limiter.taken))
+        while len(self._rate_samples) > 2 and now - self._rate_samples[1][0] >= RATE_WINDOW:
+            self._rate_samples.pop(0)
+        first_at, first_bytes = self._rate_samples[0]
+        return (store.limiter.taken - first_bytes) / max(now - first_at, 1e-6)
+
+    def _status_line(self, state: State, store: S3Store) -> str:
         counts = state.session_counts()
         files, size = state.backlog()
-        paused = f"; paused ({self.paused_by})" if self.paused_by else ""
-        return (
-            f"{counts.get('uploading', 0)} uploading, {counts.get('ready', 0)} ready, "
-            f"{counts.get('waiting', 0)} waiting, {counts.get('failed', 0)} failed; "
-            f"backlog {files} files {size / 1e9:.2f} GB{paused}"
+        done, total = state.upload_progress()
+        last = state.last_upload_at()
+        return health.status_line(
+            counts,
+            files,
+            size,
+            uploading_percent=100 * done / total if total else None,
+            rate=self._rate(store),
+            last_upload_age=None if last is None else self.clock() - last,
+            paused_by=self.paused_by,
         )
 
     def _apply_limits(self, state: State, store: S3Store) -> None:
@@ -179,16 +251,83 @@ class Daemon:
             log.info("control_request", command=command, result=result)
             state.request_done(request_id, result, self.clock())
 
+    def _answer_reload(self) -> None:
+        """SIGHUP: settings are read once, so a reload is refused; say whether the file on
+        disk differs and how to apply it, and never stop."""
+        self._reload_asked.clear()
+        try:
+            on_disk = load_settings(self.settings.config_path)
+        except AgentError as error:
+            log.warning(
+                "reload_ignored",
+                reason="reload is not supported; the config on disk is also invalid",
+                error=str(error).replace("\n", "; "),
+            )
+            return
+        changed = on_disk != self.settings
+        log.warning(
+            "reload_ignored",
+            reason="reload is not supported: restart the service to apply a changed config "
+            "(systemctl restart ingest-agent)",
+            config_changed=changed,
+        )
+
+    def _test_fault(self) -> str | None:
+        """The test-only fault asked for, if any (see FAULT_FILE)."""
+        if os.environ.get("AGENT_TEST_FAULTS") != "1":
+            return None
+        path = self.settings.agent.state_dir / FAULT_FILE
+        try:
+            what = path.read_text(encoding="ascii").strip()
+            path.unlink()
+        except (OSError, UnicodeDecodeError):
+            return None
+        log.warning("test_fault", hang=what)
+        return what
+
+    def _watchdog(self, now: float, next_ping: float) -> float:
+        """Ping the watchdog if it is time and the uploader is not stalled; return when the
+        next ping is due."""
+        interval = self.notifier.watchdog_interval
+        if interval is None or now < next_ping:
+            return next_ping
+        stalled = self.pulse.stalled_for()
+        if stalled > self._stall_limit:
+            log.error(
+                "uploader_stalled",
+                error="no upload progress: watchdog pings stopped, systemd restarts the service",
+                stalled_s=round(stalled),
+                limit_s=round(self._stall_limit),
+            )
+            return now + interval
+        self.notifier.watchdog()
+        return now + interval
+
     def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher, store: S3Store) -> None:
         next_beat = 0.0
+        next_ping = 0.0
         next_rescan = self.clock() + self.settings.agent.rescan_interval
         watcher_died = False
+        last_taken = store.limiter.taken
         while not self.stop.is_set():
             now = self.clock()
+            fault = self._test_fault()
+            if fault == "loop":
+                threading.Event().wait()  # hung on purpose: the watchdog must notice
+            elif fault == "uploader":
+                self._uploader_hang.set()
+            if store.limiter.taken != last_taken:
+                last_taken = store.limiter.taken
+                self.pulse.beat()
+            next_ping = self._watchdog(time.monotonic(), next_ping)
+            if self._reload_asked.is_set():
+                self._answer_reload()
             self._apply_limits(state, store)
             self._serve_requests(state)
             if now >= next_beat:
-                self._beat(state, self._status_line(state))
+                line = self._status_line(state, store)
+                self._beat(state, line)
+                self.notifier.status(line)
                 next_beat = now + self.settings.agent.heartbeat_interval
             for source_name, rel_path in self._take_hints():
                 ingest.observe(self.settings.source(source_name), rel_path)
@@ -205,27 +344,36 @@ class Daemon:
             ingest.recheck_waiting()
             if ingest.due_sessions():
                 self._wake_uploader.set()
+            logs.flush_repeats()
             self.stop.wait(TICK)
         self.halt.set()
         self._wake_uploader.set()
 
     def _upload_loop(self, ingest: Ingest) -> None:
         while not self.stop.is_set():
+            self.pulse.idle()
             self._wake_uploader.wait(TICK * 4)
             self._wake_uploader.clear()
+            if self._uploader_hang.is_set():
+                self.pulse.busy()
+                threading.Event().wait()  # hung on purpose, like an S3 call that never ends
             for record in ingest.due_sessions():
                 if self.stop.is_set():
                     return
                 if self.halt.is_set():
                     break
+                self.pulse.busy()
                 try:
                     ingest.upload(record)
                 except Exception:
                     log.exception("upload_loop_error", session=record.id)
+                self.pulse.beat()
             for record in ingest.growing_sessions():
                 if self.stop.is_set() or self.halt.is_set():
                     break
+                self.pulse.busy()
                 try:
                     ingest.upload_growing(record)
                 except Exception:
                     log.exception("upload_loop_error", session=record.id)
+                self.pulse.beat()

@@ -34,6 +34,9 @@ class TokenBucket:
         self._tokens = self.burst
         self._stamp = clock()
         self._lock = threading.Lock()
+        # Bytes let through so far, for the daemon's rate and liveness figures. Updated
+        # without the lock when unlimited: a lost increment only blurs a statistic.
+        self.taken = 0
 
     def set_rate(self, rate: float) -> None:
         """Change the rate (e.g. when a time window starts)."""
@@ -43,6 +46,7 @@ class TokenBucket:
 
     def take(self, amount: int, stop: threading.Event | None = None) -> None:
         """Block until `amount` bytes may be sent. Raise Interrupted if `stop` is set."""
+        self.taken += max(amount, 0)
         if self.rate <= 0 or amount <= 0:
             return
         with self._lock:

@@ -21,6 +21,10 @@ from tests.s3server import S3TestServer
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+# Tests read the agent's logs from stderr and choose journald or sd_notify explicitly; a test
+# run started by systemd (a CI unit, a timer) must not send them to its journal instead.
+for _variable in ("JOURNAL_STREAM", "INVOCATION_ID", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
+    os.environ.pop(_variable, None)
 _bucket_numbers = itertools.count()
 
 
