@@ -1,12 +1,13 @@
 # Two entry points for a fresh Debian/Ubuntu machine:
 #   make demo   - installs everything, then runs the zero-setup demonstration
 #   make test   - installs everything, then runs ruff, mypy --strict and the test suite
+#   make systemd-test - (root) the unit under a real systemd booted in a container
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv
+APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd
 
-.PHONY: demo test lint typecheck unit system-deps venv bench clean
+.PHONY: demo test lint typecheck unit system-deps venv bench clean unit-check systemd-test
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do \
@@ -45,6 +46,31 @@ bench: venv
 	$(BIN)/python bench/bandwidth.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/scale.py
+
+# deploy/ingest-agent.service checked on the host, without installing it: systemd-analyze
+# verify (on a copy whose ExecStart names this venv's agentctl, as /opt is empty here) must
+# print nothing, and the offline security exposure must be at most 2.0.
+unit-check: venv
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	sed 's|/opt/ingest-agent/bin/agentctl|$(abspath $(BIN))/agentctl|' deploy/ingest-agent.service \
+	  >"$$tmp/ingest-agent.service" && \
+	out=$$(systemd-analyze verify "$$tmp/ingest-agent.service" 2>&1); \
+	if [ -n "$$out" ]; then echo "$$out"; exit 1; fi; \
+	systemd-analyze security --offline=true --threshold=20 --no-pager "$$tmp/ingest-agent.service" | tail -1
+
+# Boots a Debian bookworm container with systemd (root only; the root file system is built
+# once into /var/cache/ingest-agent-test) and tests the unit, install.sh, READY/STATUS,
+# journald fields, the watchdog and a clean stop. Not part of `make test`.
+SYSTEMD_TEST_APT := debootstrap systemd-container
+systemd-test: venv
+	@missing=""; for p in $(SYSTEMD_TEST_APT); do \
+	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+	timeout 1800 $(BIN)/pytest -m systemd tests/systemd -v -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache build *.egg-info
