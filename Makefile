@@ -9,14 +9,19 @@ APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd
 
 .PHONY: demo test lint typecheck unit system-deps venv bench clean unit-check systemd-test
 
+# $(call apt_install,PACKAGES): apt-get install only those not installed yet (sudo if not root).
+define apt_install
+@missing=""; for p in $(1); do \
+  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+if [ -n "$$missing" ]; then \
+  echo "installing system packages:$$missing"; \
+  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
+  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+fi
+endef
+
 system-deps:
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing system packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_install,$(APT_PACKAGES))
 
 $(BIN)/.installed: pyproject.toml | system-deps
 	$(PYTHON) -m venv $(VENV)
@@ -63,13 +68,7 @@ unit-check: venv
 # journald fields, the watchdog and a clean stop. Not part of `make test`.
 SYSTEMD_TEST_APT := debootstrap systemd-container
 systemd-test: venv
-	@missing=""; for p in $(SYSTEMD_TEST_APT); do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing system packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" -eq 0 ] || SUDO=sudo; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
-	fi
+	$(call apt_install,$(SYSTEMD_TEST_APT))
 	timeout 1800 $(BIN)/pytest -m systemd tests/systemd -v -p no:cacheprovider
 
 clean:

@@ -147,14 +147,16 @@ quiet_period = "{quiet_period}"
     return build
 
 
-def start_daemon(rig: Rig) -> subprocess.Popen[str]:
-    """Start `agentctl run` for the rig as a child process (stdin closed, logs captured)."""
+def start_daemon(rig: Rig, environment: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start `agentctl run` for the rig as a child process (stdin closed, logs captured),
+    with `environment` added to this process's."""
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "run", "--config", str(rig.config)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**os.environ, **(environment or {})},
     )
 
 

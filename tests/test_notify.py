@@ -6,11 +6,8 @@ Also: one daemon per state directory, and SIGHUP never stops the daemon.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -19,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from agent.notify import Notifier, Pulse, stall_limit
-from tests.conftest import Rig, stop_daemon, wait_for
+from tests.conftest import Rig, start_daemon, stop_daemon, wait_for
 
 
 class NotifySocket:
@@ -67,17 +64,6 @@ def notify_socket(tmp_path: Path) -> Iterator[NotifySocket]:
     listener = NotifySocket(tmp_path / "notify.sock")
     yield listener
     listener.close()
-
-
-def start(rig: Rig, environment: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "run", "--config", str(rig.config)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, **environment},
-    )
 
 
 def session_ids(rig: Rig) -> list[str]:
@@ -165,7 +151,7 @@ def test_daemon_notifies_ready_status_watchdog_and_stopping(
         "WATCHDOG_USEC": "1000000",  # a ping every 0.5 s
         "AGENT_TEST_FAULTS": "1",
     }
-    daemon = start(rig, environment)
+    daemon = start_daemon(rig, environment)
     try:
         assert wait_for(lambda: bool(notify_socket.with_line("READY=1")), timeout=30)
         # Freeze the daemon the moment it says READY: the session must already be known,
@@ -202,7 +188,7 @@ def test_daemon_notifies_ready_status_watchdog_and_stopping(
 
     # The lock died with the killed process: a new daemon starts, and stops cleanly.
     notify_socket.messages.clear()
-    daemon = start(rig, environment)
+    daemon = start_daemon(rig, environment)
     try:
         assert wait_for(lambda: bool(notify_socket.with_line("READY=1")), timeout=30)
     finally:
@@ -219,7 +205,7 @@ def test_watchdog_pings_stop_when_the_uploader_hangs(
 ) -> None:
     # Timeouts of 1 s make the stall limit 2 * (1 + 1) + 10 = 14 s.
     rig = make_rig(upload_extra='connect_timeout = "1s"\nread_timeout = "1s"')
-    daemon = start(
+    daemon = start_daemon(
         rig,
         {
             "NOTIFY_SOCKET": str(notify_socket.path),
@@ -250,10 +236,10 @@ def test_watchdog_pings_stop_when_the_uploader_hangs(
 @pytest.mark.slow
 def test_second_daemon_on_one_state_dir_is_refused(make_rig: Callable[..., Rig]) -> None:
     rig = make_rig()
-    first = start(rig, {})
+    first = start_daemon(rig, {})
     try:
         assert wait_for(lambda: rig.agentctl("status").returncode == 0, timeout=30)
-        second = start(rig, {})
+        second = start_daemon(rig, {})
         try:
             _, errors = second.communicate(timeout=30)
         finally:
