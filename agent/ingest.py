@@ -21,6 +21,7 @@ from agent.config import Settings, SourceSettings
 from agent.errors import TransferError
 from agent.planning import (
     join_key,
+    key_length_reason,
     object_key,
     render_key_template,
     strict_name_reason,
@@ -107,12 +108,15 @@ def source_key_root(settings: Settings, source: SourceSettings) -> str:
     return join_key(settings.destination.prefix, template_root(source.key_template, known))
 
 
-def refusal_reason(source: SourceSettings, rel_path: str) -> str | None:
+def refusal_reason(source: SourceSettings, session_prefix: str, rel_path: str) -> str | None:
     """Why a file of this source will not be uploaded (unsafe or, with strict_names, badly
-    named), or None."""
+    named, or its whole key over S3's 1,024 bytes), or None."""
     reason = unsafe_name_reason(rel_path)
     if reason is None and source.strict_names:
         reason = strict_name_reason(rel_path)
+    if reason is None:
+        # The whole key counts: a short name under a long prefix can still be too long.
+        reason = key_length_reason(object_key(session_prefix, rel_path))
     return reason
 
 
@@ -192,7 +196,7 @@ class Ingest:
         keys: dict[str, str] = {}
         refused: dict[str, str] = {}
         for item in scan.files:
-            reason = item.refusal or refusal_reason(source, item.rel_path)
+            reason = item.refusal or refusal_reason(source, prefix, item.rel_path)
             if reason is None:
                 keys[item.rel_path] = object_key(prefix, item.rel_path)
             else:
@@ -471,7 +475,7 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
             refused = tuple(
                 (f.rel_path, reason)
                 for f in scan.files
-                if (reason := f.refusal or refusal_reason(source, f.rel_path)) is not None
+                if (reason := f.refusal or refusal_reason(source, prefix, f.rel_path)) is not None
             )
             refused_names = {name for name, _reason in refused}
             to_send = [

@@ -129,6 +129,21 @@ def build_manifest(
     }
 
 
+MAX_KEY_BYTES = 1024
+
+
+def key_length_reason(key: str) -> str | None:
+    """Return why `key` (the whole key: prefix, session path and file) is too long for S3,
+    or None if it fits in 1,024 bytes of UTF-8."""
+    size = len(key.encode("utf-8", "surrogateescape"))
+    if size <= MAX_KEY_BYTES:
+        return None
+    return (
+        f"object key would be {size} bytes; S3 allows {MAX_KEY_BYTES} "
+        "(shorten the name, the session path, prefix or key_template)"
+    )
+
+
 def unsafe_name_reason(rel_path: str) -> str | None:
     """Return why a relative path cannot become a safe object key, or None if it can."""
     if _CONTROL_CHARACTERS.search(rel_path):
