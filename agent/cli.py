@@ -172,6 +172,7 @@ def _sync(settings: Settings, as_json: bool) -> int:
         uploaded: list[str] = []
         for record in ingest.due_sessions():
             outcome = ingest.upload(record)
+            logs.flush_repeats()  # summaries as windows end, not all at exit
             files += outcome.files_sent
             size += outcome.bytes_sent
             if outcome.complete:
@@ -586,7 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     SECRETS.add_environment()
     try:
         code: int = arguments.handler(arguments)
-    except lock.AlreadyRunningError as error:
+    except (lock.AlreadyRunningError, lock.LockError) as error:
         print(error, file=sys.stderr)
         return EXIT_FAILED
     except ConfigError as error:

@@ -268,9 +268,13 @@ class Ingest:
         assert updated is not None
         return updated
 
-    def reconcile(self) -> int:
+    def reconcile(self, tick: Callable[[], bool] | None = None) -> int:
         """Scan every source from the top; record and judge every session. Return how many
-        sessions were seen. Sessions whose directories vanished are marked, never deleted."""
+        sessions were seen. Sessions whose directories vanished are marked, never deleted.
+
+        `tick` is called after each session (the daemon pings its watchdog there, since a
+        large tree takes longer than the watchdog's period); when it returns True, the scan
+        stops early (a stop was asked for) and marks nothing missing."""
         started = time.monotonic()
         seen: set[str] = set()
         files = 0
@@ -281,6 +285,9 @@ class Ingest:
                 seen.add(session_id_for(source, rel_path))
                 record = self.observe(source, rel_path)
                 files += record.files if record is not None else 0
+                if tick is not None and tick():
+                    log.info("reconcile_interrupted", sessions=len(seen))
+                    return len(seen)
         for record in self.state.list_sessions():
             if record.id not in seen and not record.local_missing:
                 try:

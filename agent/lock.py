@@ -29,6 +29,17 @@ class AlreadyRunningError(AgentError):
         )
 
 
+class LockError(AgentError):
+    """The lock file cannot be created or opened (permissions, a symlink, a read-only disk)."""
+
+    def __init__(self, path: Path, error: OSError) -> None:
+        self.path = path
+        super().__init__(
+            f"cannot lock {path}: {error.strerror or error}; the state directory must be a "
+            "writable local directory owned by the agent's user (not a symbolic link)"
+        )
+
+
 class StateLock:
     """The held lock. `release` (or process exit) frees it."""
 
@@ -53,10 +64,14 @@ def _holder(descriptor: int) -> str:
 
 def acquire(state_dir: Path, role: str) -> StateLock:
     """Take the exclusive lock of `state_dir` (created if missing) for `role` ("daemon",
-    "sync"). Raise AlreadyRunningError naming the holder's pid and role if it is taken."""
-    state_dir.mkdir(parents=True, exist_ok=True)
+    "sync"). Raise AlreadyRunningError naming the holder's pid and role if it is taken, and
+    LockError if the lock file cannot be opened at all."""
     path = state_dir / LOCK_NAME
-    descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    try:
+        state_dir.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+    except OSError as error:
+        raise LockError(path, error) from error
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -113,9 +113,11 @@ def plain(value: object) -> str:
 
 
 def mask_secrets(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> Any:
-    """structlog processor: mask known secrets and secret shapes in every value."""
+    """structlog processor: mask known secrets and secret shapes in every value. A value of
+    any other type (an exception, a path, bytes) is rendered as text first, since that is
+    how it would reach the output."""
     for name, value in event_dict.items():
-        if isinstance(value, str | list | tuple | dict):
+        if value is not None and not isinstance(value, bool | int | float):
             event_dict[name] = redact_value(value)
     return event_dict
 
@@ -163,6 +165,10 @@ class StormControl:
         if _LEVELS.get(level, logging.ERROR) < logging.WARNING or "repeated" in event_dict:
             return event_dict
         error = str(event_dict.get("error") or event_dict.get("reason") or "")
+        if not error:
+            # Without an error text two events may differ in everything that matters (which
+            # upload was aborted, which exception): each is logged.
+            return event_dict
         identity = (str(event_dict.get("event", "")), error)
         now = self.clock()
         with self._lock:

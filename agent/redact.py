@@ -37,7 +37,7 @@ _PATTERNS = (
     # HTTP headers, in any quoting
     (
         re.compile(
-            r"(?i)(['\"]?(?:Authorization|X-Amz-Security-Token)['\"]?\s*[:=]\s*['\"]?)[^'\"\n]+"
+            r"(?i)(['\"]?(?:Authorization|X-Amz-Security-Token)['\"]?\s*:\s*['\"]?)[^'\"\n]+"
         ),
         rf"\1{MASK}",
     ),
@@ -50,7 +50,7 @@ _PATTERNS = (
 
 # Values shorter than this are not treated as secrets: masking "a" everywhere would make
 # every message unreadable, and a credential that short protects nothing anyway.
-_MINIMUM_SECRET_LENGTH = 6
+_MINIMUM_SECRET_LENGTH = 8
 
 
 class SecretRegistry:
@@ -96,11 +96,16 @@ def redact(text: str) -> str:
 
 
 def redact_value(value: object) -> object:
-    """Mask secrets in strings, also inside lists, tuples and dicts; leave other values."""
+    """Mask secrets in strings, also inside lists, tuples, sets and dicts (keys too); numbers
+    and None stay; anything else becomes its text, masked."""
     if isinstance(value, str):
         return SECRETS.redact(value)
     if isinstance(value, dict):
-        return {key: redact_value(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+        return {redact_value(str(key)): redact_value(item) for key, item in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
         return [redact_value(item) for item in value]
-    return value
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if isinstance(value, bytes):
+        return SECRETS.redact(value.decode("utf-8", "backslashreplace"))
+    return SECRETS.redact(str(value))

@@ -28,6 +28,7 @@ from types import FrameType
 import structlog
 
 from agent import health, lock, logs
+from agent.checksums import Tally
 from agent.config import Settings, load_settings
 from agent.errors import AgentError, TransferError
 from agent.ingest import Ingest, log_retry, source_for_path
@@ -82,6 +83,7 @@ class Daemon:
         self.started_at = clock()
         self._rate_samples: list[tuple[float, int]] = []
         self._uploader_hang = threading.Event()
+        self._uploader: threading.Thread | None = None
 
     def _on_path(self, path: Path) -> None:
         found = source_for_path(self.settings, path)
@@ -154,6 +156,7 @@ class Daemon:
                 target=self._upload_loop, args=(ingest,), name="uploader", daemon=True
             )
             uploader.start()
+            self._uploader = uploader
             line = self._status_line(state, store)
             self._beat(state, line)
             self.notifier.ready(line)
@@ -168,9 +171,14 @@ class Daemon:
             self.notifier.stopping()
             log.info("stop_requested", signal=self._signal)
             uploader.join(STOP_GRACE)
-        finally:
-            watcher.stop()
+            # Only a clean stop is recorded as one: after a crash, status must say so.
             state.stopped(self.clock())
+        except Exception:
+            log.critical("daemon_crashed", exc_info=True)
+            return 1
+        finally:
+            self.halt.set()
+            watcher.stop()
             state.close()
             logs.flush_repeats(final=True)
             log.info("agent_stopped")
@@ -291,6 +299,13 @@ class Daemon:
         interval = self.notifier.watchdog_interval
         if interval is None or now < next_ping:
             return next_ping
+        if self._uploader is not None and not self._uploader.is_alive():
+            log.critical(
+                "uploader_died",
+                error="the upload thread has ended: watchdog pings stopped, systemd restarts "
+                "the service",
+            )
+            return now + interval
         stalled = self.pulse.stalled_for()
         if stalled > self._stall_limit:
             log.error(
@@ -308,7 +323,13 @@ class Daemon:
         next_ping = 0.0
         next_rescan = self.clock() + self.settings.agent.rescan_interval
         watcher_died = False
-        last_taken = store.limiter.taken
+        last_moved = (store.limiter.taken, Tally.value)
+
+        def reconcile_tick() -> bool:
+            nonlocal next_ping
+            next_ping = self._watchdog(time.monotonic(), next_ping)
+            return self.stop.is_set()
+
         while not self.stop.is_set():
             now = self.clock()
             fault = self._test_fault()
@@ -316,8 +337,9 @@ class Daemon:
                 threading.Event().wait()  # hung on purpose: the watchdog must notice
             elif fault == "uploader":
                 self._uploader_hang.set()
-            if store.limiter.taken != last_taken:
-                last_taken = store.limiter.taken
+            moved = (store.limiter.taken, Tally.value)
+            if moved != last_moved:
+                last_moved = moved
                 self.pulse.beat()
             next_ping = self._watchdog(time.monotonic(), next_ping)
             if self._reload_asked.is_set():
@@ -339,7 +361,7 @@ class Daemon:
                 self._rescan_now.clear()
                 next_rescan = now
             if now >= next_rescan:
-                ingest.reconcile()
+                ingest.reconcile(reconcile_tick)
                 next_rescan = now + self.settings.agent.rescan_interval
             ingest.recheck_waiting()
             if ingest.due_sessions():
@@ -357,23 +379,27 @@ class Daemon:
             if self._uploader_hang.is_set():
                 self.pulse.busy()
                 threading.Event().wait()  # hung on purpose, like an S3 call that never ends
-            for record in ingest.due_sessions():
-                if self.stop.is_set():
-                    return
-                if self.halt.is_set():
-                    break
-                self.pulse.busy()
-                try:
-                    ingest.upload(record)
-                except Exception:
-                    log.exception("upload_loop_error", session=record.id)
-                self.pulse.beat()
-            for record in ingest.growing_sessions():
+            try:
+                self._upload_round(ingest)
+            except Exception:
+                # E.g. the database busy or full while listing due sessions: the thread
+                # must outlive it (if it died, the watchdog pings stop: see _watchdog).
+                log.exception("upload_loop_error", error="listing sessions to upload failed")
+                self.stop.wait(TICK * 4)
+
+    def _upload_round(self, ingest: Ingest) -> None:
+        """Upload every due session, then send early parts of growing ones; stop at a halt."""
+        passes = (
+            (ingest.due_sessions, ingest.upload),
+            (ingest.growing_sessions, ingest.upload_growing),
+        )
+        for sessions_of, upload in passes:
+            for record in sessions_of():
                 if self.stop.is_set() or self.halt.is_set():
-                    break
+                    return
                 self.pulse.busy()
                 try:
-                    ingest.upload_growing(record)
+                    upload(record)
                 except Exception:
                     log.exception("upload_loop_error", session=record.id)
                 self.pulse.beat()

@@ -256,3 +256,41 @@ def test_missing_journal_socket_falls_back_to_stderr(tmp_path: Path) -> None:
     assert "no journal socket at" in first["message"]
     assert second["event"] == "session_failed"
     assert second["session_id"] == "s/1"
+
+
+def test_values_of_any_type_are_masked() -> None:
+    stream = io.StringIO()
+    secret = "planted-secret-any-type-0123"
+    logs.configure("info", stream, target="json", environ={"AWS_SECRET_ACCESS_KEY": secret})
+    structlog.get_logger("test").error(
+        "upload_failed",
+        error=RuntimeError(f"rejected {secret}"),
+        detail=secret.encode(),
+        where=Path(f"/tmp/{secret}"),
+        mapping={secret: 1},
+        items={secret},
+        count=3,
+    )
+    output = stream.getvalue()
+    assert secret not in output
+    event = json.loads(output)
+    assert event["error"] == "rejected ***"
+    assert event["count"] == 3
+
+
+def test_masking_keeps_the_rest_of_the_line() -> None:
+    registry = SecretRegistry()
+    registry.add(["testing"])  # too short to be a secret: words stay readable
+    text = "X-Amz-Security-Token=abc&X-Amz-Signature=def session=s1 testing"
+    assert registry.redact(text) == f"X-Amz-Security-Token={MASK}&X-Amz-Signature={MASK} " + (
+        "session=s1 testing"
+    )
+
+
+def test_warnings_without_an_error_text_are_each_logged() -> None:
+    stream = io.StringIO()
+    logs.configure("info", stream, target="json", storms=logs.StormControl(clock=FakeClock()))
+    log = structlog.get_logger("test")
+    for key in ("a", "b", "c"):
+        log.warning("orphan_upload_aborted", key=key)
+    assert [json.loads(line)["key"] for line in stream.getvalue().splitlines()] == ["a", "b", "c"]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -253,3 +254,38 @@ def test_second_daemon_on_one_state_dir_is_refused(make_rig: Callable[..., Rig])
     finally:
         code, errors = stop_daemon(first)
     assert code == 0, errors
+
+
+@pytest.mark.slow
+def test_a_crash_in_the_main_loop_is_reported_not_recorded_as_a_clean_stop(
+    make_rig: Callable[..., Rig],
+) -> None:
+    rig = make_rig()
+    daemon = start_daemon(rig)
+    try:
+        assert wait_for(lambda: rig.agentctl("status").returncode == 0, timeout=30)
+        # Break the schema under the running daemon: its next tick fails.
+        connection = sqlite3.connect(rig.state_dir / "state.db")
+        connection.execute("alter table control rename to control_gone")
+        connection.commit()
+        connection.close()
+        code = daemon.wait(timeout=30)
+    finally:
+        daemon.kill()
+        _, errors = daemon.communicate(timeout=30)
+    assert code == 1
+    crash = [json.loads(line) for line in errors.splitlines() if "daemon_crashed" in line]
+    assert crash and crash[0]["level"] == "critical" and "control" in crash[0]["exception"]
+    status = rig.agentctl("status")
+    assert status.returncode == 2
+    assert "without stopping cleanly" in status.stdout
+
+
+def test_unusable_lock_file_gives_one_clear_line(make_rig: Callable[..., Rig]) -> None:
+    rig = make_rig()
+    rig.state_dir.mkdir()
+    (rig.state_dir / "agent.lock").symlink_to(rig.root / "elsewhere")
+    result = rig.agentctl("sync")
+    assert result.returncode == 1
+    assert "cannot lock" in result.stderr and "Traceback" not in result.stderr
+    assert not (rig.root / "elsewhere").exists()
