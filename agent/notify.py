@@ -40,7 +40,7 @@ class Pulse:
         self._seen_count = 0
         self._seen_at = clock()
 
-    def beat(self, _amount: int = 1) -> None:
+    def beat(self) -> None:
         """Something moved."""
         self.count += 1
 

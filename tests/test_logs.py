@@ -38,6 +38,14 @@ def _reset_structlog() -> Iterator[None]:
     structlog.reset_defaults()
 
 
+def json_lines(clock: FakeClock) -> tuple[io.StringIO, structlog.typing.FilteringBoundLogger]:
+    """Configure the pipeline for JSON lines into a buffer, storm control on `clock`."""
+    stream = io.StringIO()
+    logs.configure("info", stream, target="json", storms=logs.StormControl(clock=clock))
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger("test")
+    return stream, logger
+
+
 def journal(entries: list[Entry], **options: Any) -> structlog.typing.FilteringBoundLogger:
     """Configure the pipeline for journald with `entries` collecting what would be sent."""
 
@@ -133,9 +141,7 @@ def test_journal_unavailable_falls_back_to_stderr_once() -> None:
 
 def test_storm_of_identical_errors_is_summarised() -> None:
     clock = FakeClock()
-    stream = io.StringIO()
-    logs.configure("info", stream, target="json", storms=logs.StormControl(clock=clock))
-    log = structlog.get_logger("test")
+    stream, log = json_lines(clock)
     for number in range(3214):
         log.warning("s3_retry", error="SlowDown (503): reduce your request rate", key=f"k{number}")
         clock.now += 0.01
@@ -157,9 +163,7 @@ def test_storm_of_identical_errors_is_summarised() -> None:
 
 
 def test_info_events_are_never_suppressed() -> None:
-    stream = io.StringIO()
-    logs.configure("info", stream, target="json", storms=logs.StormControl(clock=FakeClock()))
-    log = structlog.get_logger("test")
+    stream, log = json_lines(FakeClock())
     for _ in range(5):
         log.info("file_uploaded", session="s/1")
     assert len(stream.getvalue().splitlines()) == 5
@@ -233,9 +237,7 @@ def test_pipeline_masks_environment_secrets() -> None:
 
 def test_final_flush_reports_a_storm_cut_short() -> None:
     clock = FakeClock()
-    stream = io.StringIO()
-    logs.configure("info", stream, target="json", storms=logs.StormControl(clock=clock))
-    log = structlog.get_logger("test")
+    stream, log = json_lines(clock)
     for _ in range(3):
         log.error("session_failed", error="NoSuchBucket (404)")
     clock.now += 5
@@ -288,9 +290,7 @@ def test_masking_keeps_the_rest_of_the_line() -> None:
 
 
 def test_warnings_without_an_error_text_are_each_logged() -> None:
-    stream = io.StringIO()
-    logs.configure("info", stream, target="json", storms=logs.StormControl(clock=FakeClock()))
-    log = structlog.get_logger("test")
+    stream, log = json_lines(FakeClock())
     for key in ("a", "b", "c"):
         log.warning("orphan_upload_aborted", key=key)
     assert [json.loads(line)["key"] for line in stream.getvalue().splitlines()] == ["a", "b", "c"]
