@@ -119,6 +119,40 @@ class SourceSettings:
 
 
 @dataclass(frozen=True)
+class StatusSettings:
+    """The `[status]` table: when `agentctl status` turns WARNING over a backlog."""
+
+    # A session complete (ready) for longer than this, and not yet uploading.
+    ready_warning: float = 6 * 3600.0
+    # Sessions ready or uploading, yet no file finished uploading for this long.
+    stalled_warning: float = 3600.0
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """The `[metrics]` table: Prometheus exposition, both ways off by default."""
+
+    listen: tuple[str, int] | None = None
+    textfile: Path | None = None
+    interval: float = 15.0
+
+
+@dataclass(frozen=True)
+class FleetSettings:
+    """The `[fleet]` table: the status object each daemon keeps in the bucket."""
+
+    interval: float = 60.0  # 0 turns the beat off
+
+
+@dataclass(frozen=True)
+class HooksSettings:
+    """The `[hooks]` table: commands run after events, never blocking uploads."""
+
+    on_uploaded: tuple[str, ...] | None = None  # argv
+    timeout: float = 300.0
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything the agent needs, validated once."""
 
@@ -127,6 +161,10 @@ class Settings:
     destination: DestinationSettings
     upload: UploadSettings
     sources: tuple[SourceSettings, ...]
+    status: StatusSettings = StatusSettings()
+    metrics: MetricsSettings = MetricsSettings()
+    fleet: FleetSettings = FleetSettings()
+    hooks: HooksSettings = HooksSettings()
 
     @property
     def state_db_path(self) -> Path:
@@ -315,7 +353,7 @@ def _source_name(value: Any) -> str:
 
 def _read_agent(table: _Table) -> AgentSettings:
     settings = AgentSettings(
-        name=table.get("name", _nonempty_string, socket.gethostname()),
+        name=table.get("name", _source_name, socket.gethostname()),
         state_dir=Path(table.get("state_dir", _nonempty_string, DEFAULT_STATE_DIR)),
         log_level=table.get("log_level", _choice(("debug", "info", "warning", "error")), "info"),
         log_target=table.get("log_target", _choice(LOG_TARGETS), "auto"),
@@ -379,6 +417,79 @@ def _read_upload(table: _Table) -> UploadSettings:
     )
     if settings.max_memory < settings.part_size:
         table.problem("max_memory", f"must be at least part_size ({settings.part_size} bytes)")
+    table.finish()
+    return settings
+
+
+def _positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than 0, got {value!r}")
+    return seconds
+
+
+def _listen_address(value: Any) -> tuple[str, int]:
+    text = _string(value).strip()
+    host, colon, port = text.rpartition(":")
+    host = host.strip("[]")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f'{value!r} must be HOST:PORT, e.g. "127.0.0.1:9464"')
+    return host, int(port)
+
+
+def _command(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        if not value.strip():
+            raise ValueError("must not be empty")
+        return ("/bin/sh", "-c", value)
+    argv = _string_list(value)
+    if not argv or not argv[0]:
+        raise ValueError("must be a command line string or a non-empty list of arguments")
+    return argv
+
+
+def _read_status(table: _Table) -> StatusSettings:
+    defaults = StatusSettings()
+    settings = StatusSettings(
+        ready_warning=table.get("ready_warning", _positive_duration, defaults.ready_warning),
+        stalled_warning=table.get("stalled_warning", _positive_duration, defaults.stalled_warning),
+    )
+    table.finish()
+    return settings
+
+
+def _read_metrics(table: _Table) -> MetricsSettings:
+    defaults = MetricsSettings()
+    textfile = table.get("textfile", _nonempty_string, None)
+    settings = MetricsSettings(
+        listen=table.get("listen", _listen_address, None),
+        textfile=Path(textfile) if textfile else None,
+        interval=table.get("interval", _positive_duration, defaults.interval),
+    )
+    if settings.textfile is not None:
+        if not settings.textfile.is_absolute():
+            table.problem("textfile", f"{textfile!r} must be an absolute path")
+        elif not settings.textfile.name.endswith(".prom"):
+            table.problem("textfile", "must end in .prom (the textfile collector reads only those)")
+    table.finish()
+    return settings
+
+
+def _read_fleet(table: _Table) -> FleetSettings:
+    defaults = FleetSettings()
+    settings = FleetSettings(interval=table.get("interval", parse_duration, defaults.interval))
+    if 0 < settings.interval < 5:
+        table.problem("interval", "must be 0 (off) or at least 5 seconds")
+    table.finish()
+    return settings
+
+
+def _read_hooks(table: _Table) -> HooksSettings:
+    defaults = HooksSettings()
+    settings = HooksSettings(
+        on_uploaded=table.get("on_uploaded", _command, None),
+        timeout=table.get("timeout", _positive_duration, defaults.timeout),
+    )
     table.finish()
     return settings
 
@@ -520,6 +631,10 @@ def settings_from_mapping(data: Mapping[str, Any], file: str) -> Settings:
         _Table(table_at("destination", True), "destination", file, problems)
     )
     upload = _read_upload(_Table(table_at("upload", False), "upload", file, problems))
+    status = _read_status(_Table(table_at("status", False), "status", file, problems))
+    metrics = _read_metrics(_Table(table_at("metrics", False), "metrics", file, problems))
+    fleet = _read_fleet(_Table(table_at("fleet", False), "fleet", file, problems))
+    hooks = _read_hooks(_Table(table_at("hooks", False), "hooks", file, problems))
 
     root.seen.add("source")
     raw_sources = data.get("source", [])
@@ -544,6 +659,10 @@ def settings_from_mapping(data: Mapping[str, Any], file: str) -> Settings:
         destination=destination,
         upload=upload,
         sources=tuple(sources),
+        status=status,
+        metrics=metrics,
+        fleet=fleet,
+        hooks=hooks,
     )
 
 
