@@ -504,6 +504,32 @@ def cmd_rescan(arguments: argparse.Namespace) -> int:
     return _report(arguments, True, f"daemon: {result}")
 
 
+def cmd_doctor(arguments: argparse.Namespace) -> int:
+    """Check that this machine can ingest: exit 0 all good, 1 problems, 2 bad config."""
+    from agent import doctor  # noqa: PLC0415 - only doctor pays for watchdog and the probes
+
+    try:
+        settings = _settings(arguments)
+    except ConfigError as error:
+        if not arguments.json:
+            raise  # reported like every command's config error
+        print(json.dumps(doctor.config_report(error)))
+        return EXIT_CONFIG
+    checks = doctor.run_checks(settings)
+    if arguments.json:
+        print(json.dumps(doctor.report_json(checks)))
+    else:
+        encoding = sys.stdout.encoding or "ascii"
+        try:
+            "✔✘…".encode(encoding)
+            ascii_only = False
+        except (UnicodeEncodeError, LookupError):
+            ascii_only = True
+        for line in doctor.render(checks, ascii_only=ascii_only):
+            print(line)
+    return doctor.exit_code(checks)
+
+
 def cmd_demo(arguments: argparse.Namespace) -> int:
     """The zero-setup demonstration."""
     from agent.demo import run_demo  # noqa: PLC0415 - moto is an optional extra
@@ -569,6 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("session", help="the session id, as `agentctl sessions` prints it")
     add("rescan", cmd_rescan, "ask the running daemon to rescan every source now")
     add("check-config", cmd_check_config, "validate the config, printing every problem")
+    add(
+        "doctor",
+        cmd_doctor,
+        "check credentials, bucket access, server features, clock, state dir, sources, "
+        "inotify limits and the systemd unit (exit 0 all good, 1 problems, 2 bad config)",
+    )
     demo = add("demo", cmd_demo, "demonstration: local S3 server, simulated instrument, live agent")
     demo.add_argument("--sessions", type=int, default=3, help="how many sessions to simulate")
     demo.add_argument(
