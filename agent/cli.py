@@ -11,40 +11,23 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent import __version__, health, lock, logs
 from agent.config import Settings, default_config_path, load_settings
 from agent.errors import ConfigError, StateError, TransferError
-from agent.ingest import Ingest, log_retry, plan_sync
 from agent.redact import SECRETS, redact
+from agent.report import status_lines, status_report, unknown_report
 from agent.sessions import SESSION_STATES
 from agent.state import Heartbeat, SessionRecord, State
 from agent.throttle import limit_at
-from agent.transfer import store_from_settings
+from agent.units import human_bytes, iso
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_CONFIG = 2
-
-
-def iso(timestamp: float | None) -> str | None:
-    """Epoch seconds → ISO 8601 UTC (None stays None)."""
-    if timestamp is None:
-        return None
-    moment = datetime.fromtimestamp(timestamp, UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def human_bytes(size: float) -> str:
-    """1536 → '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(size) < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"
 
 
 def session_json(record: SessionRecord) -> dict[str, Any]:
@@ -144,6 +127,10 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
 
 
 def _sync(settings: Settings, as_json: bool) -> int:
+    # Imported here: `status`, run every minute by monitoring, must not pay for boto3.
+    from agent.ingest import Ingest, log_retry  # noqa: PLC0415
+    from agent.transfer import store_from_settings  # noqa: PLC0415
+
     state = State.open(settings.state_db_path)
     try:
         heartbeat = _live_daemon(settings, state)
@@ -209,6 +196,8 @@ def _sync(settings: Settings, as_json: bool) -> int:
 
 
 def _sync_dry_run(settings: Settings, as_json: bool) -> int:
+    from agent.ingest import plan_sync  # noqa: PLC0415 - see _sync
+
     # The database is only read, and only if it exists: a dry run creates nothing.
     state: State | None = None
     if settings.state_db_path.exists():
@@ -261,80 +250,18 @@ def cmd_status(arguments: argparse.Namespace) -> int:
         settings = _settings(arguments)
         state = State.open(settings.state_db_path, create=False)
     except (ConfigError, StateError) as error:
-        message = str(error).replace("\n", "; ")
-        if arguments.json:
-            print(
-                json.dumps(
-                    {
-                        "state": "unknown",
-                        "summary": message,
-                        "daemon": {"running": False, "pid": None, "heartbeat_age_s": None},
-                        "sessions": dict.fromkeys(SESSION_STATES, 0),
-                        "backlog": {"files": 0, "bytes": 0},
-                        "last_error": message,
-                    }
-                )
-            )
-        else:
-            print(f"UNKNOWN - {message}")
-        return health.UNKNOWN
-    try:
-        heartbeat = state.heartbeat()
-        counts = state.session_counts()
-        files, size = state.backlog()
-        last_error = state.last_error()
-        operator_pause = state.flag("paused") is not None
-    finally:
-        state.close()
-    limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
-    paused_by = "operator" if operator_pause else "schedule" if limit.paused else None
-    verdict = health.assess(
-        heartbeat,
-        counts,
-        files,
-        last_error,
-        time.time(),
-        settings.agent.heartbeat_stale,
-        health.process_alive(heartbeat) if heartbeat else None,
-        paused_by=paused_by,
-    )
-    if arguments.json:
-        print(
-            json.dumps(
-                {
-                    "state": verdict.name,
-                    "summary": redact(verdict.summary),
-                    "daemon": {
-                        "running": verdict.daemon_running,
-                        "pid": heartbeat.pid if heartbeat else None,
-                        "heartbeat_age_s": round(verdict.heartbeat_age, 1)
-                        if verdict.heartbeat_age is not None
-                        else None,
-                        "status": heartbeat.status if heartbeat else None,
-                    },
-                    "sessions": {name: counts.get(name, 0) for name in SESSION_STATES},
-                    "backlog": {"files": files, "bytes": size},
-                    "last_error": redact(f"{last_error[0]}: {last_error[1]}")
-                    if last_error
-                    else None,
-                    "uploads": {
-                        "paused": paused_by is not None,
-                        "paused_by": paused_by,
-                        "max_bandwidth": limit.max_bandwidth,
-                    },
-                }
-            )
-        )
+        report = unknown_report(str(error).replace("\n", "; "))
     else:
-        print(f"{verdict.name.upper()} - {redact(verdict.summary)}")
-        print("sessions: " + ", ".join(f"{counts.get(n, 0)} {n}" for n in SESSION_STATES))
-        print(f"backlog: {files} file(s), {human_bytes(size)}")
-        if heartbeat is not None:
-            print(
-                f"daemon: pid {heartbeat.pid} on {heartbeat.hostname}, last heartbeat "
-                f"{iso(heartbeat.beat_at)}: {heartbeat.status}"
-            )
-    return verdict.code
+        try:
+            report = status_report(settings, state)
+        finally:
+            state.close()
+    code = int(report.pop("code"))
+    if arguments.json:
+        print(json.dumps(report))
+    else:
+        print("\n".join(status_lines(report)))
+    return code
 
 
 def cmd_sessions(arguments: argparse.Namespace) -> int:
@@ -371,6 +298,7 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
 
 def cmd_verify(arguments: argparse.Namespace) -> int:
     """Compare S3 with the database and the local files; exit 1 on any difference."""
+    from agent.transfer import store_from_settings  # noqa: PLC0415 - see _sync
     from agent.verify import verify_session  # noqa: PLC0415 - only verify needs it
 
     settings = _settings(arguments)

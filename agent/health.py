@@ -10,9 +10,11 @@ import socket
 from dataclasses import dataclass
 
 from agent.state import Heartbeat
+from agent.units import human_age
 
 OK, WARNING, CRITICAL, UNKNOWN = 0, 1, 2, 3
 NAMES = {OK: "ok", WARNING: "warning", CRITICAL: "critical", UNKNOWN: "unknown"}
+CODES = {name: code for code, name in NAMES.items()}
 
 
 @dataclass(frozen=True)
@@ -53,12 +55,14 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     alive: bool | None = None,
     *,
     paused_by: str | None = None,
+    backlog: Backlog | None = None,
 ) -> Health:
     """Given the daemon's heartbeat, session counts, backlog and last error, return health.
 
     CRITICAL: the daemon has stopped beating (crashed, hung or stopped). WARNING: some
-    sessions failed, the daemon never ran, or an operator paused uploads (a forgotten pause
-    must not look healthy). OK otherwise, also during a scheduled pause.
+    sessions failed, the daemon never ran, an operator paused uploads (a forgotten pause
+    must not look healthy), a session has waited ready too long, or sessions are ready and
+    nothing has been sent for too long. OK otherwise, also during a scheduled pause.
     """
     failed = counts.get("failed", 0)
     age = None if heartbeat is None else max(0.0, now - heartbeat.beat_at)
@@ -97,17 +101,50 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
         )
     if paused_by:
         return Health(OK, f"daemon running, uploads paused by the schedule; {waiting}", True, age)
+    if backlog is not None:
+        slow = backlog.warning(now, heartbeat)
+        if slow:
+            return Health(WARNING, f"{slow}; {waiting}", True, age)
     return Health(OK, f"daemon running; {waiting}", True, age)
 
 
-def _age(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 90 * 60:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 48 * 3600:
-        return f"{seconds / 3600:.0f} h"
-    return f"{seconds / 86400:.0f} d"
+@dataclass(frozen=True)
+class Backlog:
+    """What is ready to send and how long it has waited, against the `[status]` limits."""
+
+    ready_since: float | None  # when the oldest session now ready or uploading became ready
+    oldest_ready: tuple[str, float] | None  # (id, since) of the oldest session still `ready`
+    last_sent_at: float | None  # a file finished, or the daemon last sent data
+    ready_limit: float
+    stall_limit: float
+
+    def stalled_for(self, now: float, heartbeat: Heartbeat) -> float | None:
+        """Seconds that ready sessions have gone without any data sent, or None if none
+        are ready. Counted from the latest of: the last data sent, the daemon's start, and
+        the moment the oldest of them became ready."""
+        if self.ready_since is None:
+            return None
+        since = max(self.ready_since, heartbeat.started_at, self.last_sent_at or 0.0)
+        return max(0.0, now - since)
+
+    def warning(self, now: float, heartbeat: Heartbeat) -> str | None:
+        """The WARNING text if a limit is passed, else None."""
+        stalled = self.stalled_for(now, heartbeat)
+        if stalled is not None and stalled > self.stall_limit:
+            return (
+                f"sessions are ready but nothing was sent for {human_age(stalled)} "
+                f"(limit {human_age(self.stall_limit)}; [status] stalled_warning)"
+            )
+        if self.oldest_ready is not None:
+            session_id, since = self.oldest_ready
+            waited = now - since
+            if waited > self.ready_limit:
+                return (
+                    f"session {session_id} has been ready for {human_age(waited)} without "
+                    f"starting to upload (limit {human_age(self.ready_limit)}; [status] "
+                    "ready_warning)"
+                )
+        return None
 
 
 def status_line(
@@ -139,7 +176,7 @@ def status_line(
     if last_upload_age is None:
         parts.append("no upload yet")
     else:
-        parts.append(f"last upload {_age(max(0.0, last_upload_age))} ago")
+        parts.append(f"last upload {human_age(max(0.0, last_upload_age))} ago")
     line = ", ".join(parts)
     if paused_by:
         line += f"; paused by {paused_by}"

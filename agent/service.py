@@ -82,6 +82,7 @@ class Daemon:
         self.paused_by: str | None = None
         self.started_at = clock()
         self._rate_samples: list[tuple[float, int]] = []
+        self._last_rate = 0.0
         self._uploader_hang = threading.Event()
         self._uploader: threading.Thread | None = None
 
@@ -195,6 +196,8 @@ class Daemon:
             started_at=self.started_at,
             now=self.clock(),
             status=status,
+            rate=self._last_rate,
+            progress_at=state.acknowledged_at,
         )
 
     def _rate(self, store: S3Store) -> float:
@@ -204,7 +207,8 @@ class Daemon:
         while len(self._rate_samples) > 2 and now - self._rate_samples[1][0] >= RATE_WINDOW:
             self._rate_samples.pop(0)
         first_at, first_bytes = self._rate_samples[0]
-        return (store.limiter.taken - first_bytes) / max(now - first_at, 1e-6)
+        self._last_rate = (store.limiter.taken - first_bytes) / max(now - first_at, 1e-6)
+        return self._last_rate
 
     def _status_line(self, state: State, store: S3Store) -> str:
         counts = state.session_counts()

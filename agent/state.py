@@ -12,6 +12,7 @@ import hashlib
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -112,6 +113,17 @@ class UploadRecord:
 
 
 @dataclass(frozen=True)
+class SourceRow:
+    """One line of `State.source_summary`."""
+
+    source: str
+    state: str
+    sessions: int
+    files: int
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Heartbeat:
     """The daemon's last sign of life."""
 
@@ -121,6 +133,8 @@ class Heartbeat:
     beat_at: float
     stopped_at: float | None
     status: str
+    rate: float = 0.0  # bytes/s sent over the daemon's last few seconds
+    progress_at: float | None = None  # when S3 last acknowledged a part or file of the daemon
 
 
 def fingerprint_of(files: tuple[FileStat, ...]) -> str:
@@ -282,10 +296,19 @@ def _migration_3(db: sqlite_utils.Database) -> None:
     db.execute("alter table files add column device integer")
 
 
+def _migration_4(db: sqlite_utils.Database) -> None:
+    # What `status` tells about throughput: the daemon's current rate and when it last sent
+    # data, and an index so "when did a file last finish uploading" is one index lookup.
+    db.execute("alter table heartbeat add column rate float default 0")
+    db.execute("alter table heartbeat add column progress_at float")
+    db.execute("create index files_uploaded_at on files(uploaded_at)")
+
+
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_2,
     _migration_3,
+    _migration_4,
 )
 
 
@@ -332,6 +355,9 @@ class State:
         self._connection = connection
         self.db = sqlite_utils.Database(connection)
         self._lock = threading.RLock()
+        # When this process last had S3 acknowledge a part or a whole file (the daemon puts
+        # it in its heartbeat, so `status` can tell a slow upload from a stalled one).
+        self.acknowledged_at: float | None = None
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True) -> State:
@@ -662,6 +688,7 @@ class State:
         """Record that this exact version (size, mtime) of the file is in S3, and forget the
         multipart upload that carried it, in one transaction. If the scan has meanwhile seen a
         newer version, the file stays pending."""
+        self.acknowledged_at = now
         with self._transaction():
             self._connection.execute(
                 """update files set state = case when size = ? and mtime_ns = ? then 'uploaded'
@@ -723,6 +750,7 @@ class State:
 
     def part_finished(self, upload_id: str, part: PartRecord) -> None:
         """Record one finished part, as soon as the server acknowledged it."""
+        self.acknowledged_at = time.time()
         with self._transaction():
             self.db["parts"].upsert(  # type: ignore[union-attr]
                 {
@@ -876,8 +904,18 @@ class State:
 
     # --- heartbeat, status ----------------------------------------------------------------
 
-    def beat(self, *, pid: int, hostname: str, started_at: float, now: float, status: str) -> None:
-        """Record that the daemon is alive."""
+    def beat(
+        self,
+        *,
+        pid: int,
+        hostname: str,
+        started_at: float,
+        now: float,
+        status: str,
+        rate: float = 0.0,
+        progress_at: float | None = None,
+    ) -> None:
+        """Record that the daemon is alive, what it says, and how fast it is sending."""
         with self._transaction():
             self.db["heartbeat"].upsert(  # type: ignore[union-attr]
                 {
@@ -888,6 +926,8 @@ class State:
                     "beat_at": now,
                     "stopped_at": None,
                     "status": status,
+                    "rate": rate,
+                    "progress_at": progress_at,
                 },
                 pk="id",
             )
@@ -911,6 +951,8 @@ class State:
             row["beat_at"],
             row["stopped_at"],
             row["status"] or "",
+            row["rate"] or 0.0,
+            row["progress_at"],
         )
 
     def session_counts(self) -> dict[str, int]:
@@ -948,6 +990,43 @@ class State:
                 )
             )
         return int(row["done"]), int(row["total"])
+
+    def last_file_uploaded_at(self) -> float | None:
+        """When a file last finished uploading, or None if none ever did."""
+        with self._lock:
+            row = next(self.db.query("select max(uploaded_at) as at from files"))
+        return None if row["at"] is None else float(row["at"])
+
+    def source_summary(self) -> list[SourceRow]:
+        """Per source and session state: sessions, and files/bytes not yet in S3 (sessions
+        whose folder went missing locally count as sessions but not as backlog)."""
+        with self._lock:
+            rows = self.db.query(
+                """select source, state, count(*) as sessions,
+                          coalesce(sum(case when local_missing = 0 then pending_files end), 0)
+                            as files,
+                          coalesce(sum(case when local_missing = 0 then pending_bytes end), 0)
+                            as bytes
+                   from sessions group by source, state order by source, state"""
+            )
+            return [
+                SourceRow(r["source"], r["state"], r["sessions"], r["files"], r["bytes"])
+                for r in rows
+            ]
+
+    def oldest_in(self, state: str) -> tuple[str, float] | None:
+        """(id, since) of the session longest in `state`: waiting since it was detected,
+        others since they were found complete. None when no session is in that state."""
+        since = "detected_at" if state == "waiting" else "completed_at"
+        with self._lock:
+            rows = list(
+                self.db.query(
+                    f"select id, {since} as since from sessions where state = ? "
+                    f"and {since} is not null order by {since} limit 1",
+                    [state],
+                )
+            )
+        return (rows[0]["id"], float(rows[0]["since"])) if rows else None
 
     def last_error(self) -> tuple[str, str] | None:
         """(session id, error) of the most recent failure still standing, or None."""
