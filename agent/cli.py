@@ -128,6 +128,7 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
 
 def _sync(settings: Settings, as_json: bool) -> int:
     # Imported here: `status`, run every minute by monitoring, must not pay for boto3.
+    from agent import progress  # noqa: PLC0415
     from agent.ingest import Ingest, log_retry  # noqa: PLC0415
     from agent.transfer import store_from_settings  # noqa: PLC0415
 
@@ -154,19 +155,31 @@ def _sync(settings: Settings, as_json: bool) -> int:
         except TransferError as error:
             # Each session's upload will meet the same problem and record it as its reason.
             print(f"recovery skipped: {redact(str(error))}", file=sys.stderr)
+        due = ingest.due_sessions()
+        pending = [item for record in due for item in state.pending_files(record.id)]
+        totals = progress.Totals(len(pending), sum(item.size for item in pending))
+        view = progress.view_for(sys.stderr, as_json=as_json)
+        if isinstance(view, progress.BarView):
+            # Log lines go above the bar instead of through it.
+            logs.configure(
+                settings.agent.log_level, view.log_stream(), target=settings.agent.log_target
+            )
+        measure = progress.Measure(state.backlog, lambda: store.limiter.taken)
         files = size = 0
         failed: list[str] = []
         uploaded: list[str] = []
-        for record in ingest.due_sessions():
-            outcome = ingest.upload(record)
-            logs.flush_repeats()  # summaries as windows end, not all at exit
-            files += outcome.files_sent
-            size += outcome.bytes_sent
-            if outcome.complete:
-                uploaded.append(record.id)
-            elif outcome.errors:
-                failed.append(record.id)
-            # else: a file changed while being sent; the session waits to be quiet again.
+        with progress.SyncProgress(totals, measure, view) as shown:
+            for record in due:
+                shown.session = record.id
+                outcome = ingest.upload(record)
+                logs.flush_repeats()  # summaries as windows end, not all at exit
+                files += outcome.files_sent
+                size += outcome.bytes_sent
+                if outcome.complete:
+                    uploaded.append(record.id)
+                elif outcome.errors:
+                    failed.append(record.id)
+                # else: a file changed while being sent; the session waits to be quiet again.
         waiting = len(state.sessions_in(("waiting",)))
         seconds = max(time.monotonic() - started, 1e-6)
     finally:
@@ -223,11 +236,14 @@ def _sync_dry_run(settings: Settings, as_json: bool) -> int:
     if as_json:
         print(json.dumps(rows))
         return EXIT_OK
+    from agent import progress  # noqa: PLC0415 - only sync shows progress
+
     ready = [row for row in rows if row["ready"] and row["files"]]
+    files_total = sum(int(r["files"]) for r in ready)
+    bytes_total = sum(int(r["bytes"]) for r in ready)
     print(
         f"dry run: {len(ready)} session(s) would be uploaded, "
-        f"{sum(int(r['files']) for r in ready)} file(s), "
-        f"{human_bytes(sum(int(r['bytes']) for r in ready))}"
+        f"{files_total} file(s), {human_bytes(bytes_total)}"
     )
     for row in rows:
         verdict = "ready" if row["ready"] else f"not ready ({row['reason']})"
@@ -241,6 +257,19 @@ def _sync_dry_run(settings: Settings, as_json: bool) -> int:
             print(f"      ... and {len(row['keys']) - 5} more")
         for refusal in row["refused"]:
             print(f"      refused {refusal['path']!r}: {refusal['reason']}")
+    # The limit sync would keep to: that of the time window in force now, as in _sync.
+    limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
+    seconds = progress.upload_estimate(bytes_total, limit.max_bandwidth)
+    estimate = (
+        "unlimited bandwidth: no estimate"
+        if seconds is None
+        else f"estimated time at least {progress.format_duration(seconds)} at "
+        f"{human_bytes(limit.max_bandwidth)}/s (the bandwidth limit in force now)"
+    )
+    print(
+        f"total: {len(ready)} session(s), {files_total} file(s), "
+        f"{human_bytes(bytes_total)}; {estimate}"
+    )
     return EXIT_OK
 
 
