@@ -6,6 +6,7 @@ No policy and no SQL here.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import faulthandler
 import json
 import sys
@@ -16,10 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, health, lock, logs
-from agent.config import Settings, default_config_path, load_settings
+from agent.config import (
+    DestinationSettings,
+    Settings,
+    UploadSettings,
+    default_config_path,
+    load_settings,
+)
 from agent.errors import ConfigError, StateError, TransferError
 from agent.redact import SECRETS, redact
-from agent.report import status_lines, status_report, unknown_report
+from agent.report import HOOK_FLAG, status_lines, status_report, unknown_report
 from agent.sessions import SESSION_STATES
 from agent.state import Heartbeat, SessionRecord, State
 from agent.throttle import limit_at
@@ -129,6 +136,7 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
 def _sync(settings: Settings, as_json: bool) -> int:
     # Imported here: `status`, run every minute by monitoring, must not pay for boto3.
     from agent import progress  # noqa: PLC0415
+    from agent.hooks import Hooks  # noqa: PLC0415
     from agent.ingest import Ingest, log_retry  # noqa: PLC0415
     from agent.transfer import store_from_settings  # noqa: PLC0415
 
@@ -147,7 +155,13 @@ def _sync(settings: Settings, as_json: bool) -> int:
         # window does not stop it (the operator asked for it).
         limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
         store.limiter.set_rate(limit.max_bandwidth)
-        ingest = Ingest(settings, state, store)
+        hooks = Hooks(settings, lambda failure: state.set_flag(HOOK_FLAG, failure, time.time()))
+
+        def on_outcome(record: SessionRecord, outcome: Any, _seconds: float) -> None:
+            if outcome.complete:
+                hooks.session_uploaded(record, outcome.manifest_key)
+
+        ingest = Ingest(settings, state, store, on_outcome=on_outcome)
         started = time.monotonic()
         ingest.reconcile()
         try:
@@ -182,6 +196,7 @@ def _sync(settings: Settings, as_json: bool) -> int:
                 # else: a file changed while being sent; the session waits to be quiet again.
         waiting = len(state.sessions_in(("waiting",)))
         seconds = max(time.monotonic() - started, 1e-6)
+        hooks.wait(settings.hooks.timeout)  # a one-off run lets its hooks finish
     finally:
         state.close()
     summary = {
@@ -497,6 +512,66 @@ def cmd_demo(arguments: argparse.Namespace) -> int:
 # --- parsing ------------------------------------------------------------------------------
 
 
+def cmd_fleet(arguments: argparse.Namespace) -> int:
+    """Every rig's beat in the bucket, judged; exit code of the worst rig."""
+    import botocore.exceptions  # noqa: PLC0415 - see _sync
+
+    from agent import fleet  # noqa: PLC0415
+    from agent.transfer import make_client  # noqa: PLC0415
+
+    settings: Settings | None = None
+    if arguments.bucket is None or Path(arguments.config).exists():
+        try:
+            settings = _settings(arguments)
+        except ConfigError:
+            if arguments.bucket is None:
+                raise
+    if settings is not None:
+        destination = settings.destination
+        upload = settings.upload
+        # Rigs usually write under prefixes of their own ("lab/rig-01"): look from the parent.
+        prefix = destination.prefix.rpartition("/")[0]
+    else:
+        destination = DestinationSettings(bucket="")
+        upload = UploadSettings()
+        prefix = ""
+    destination = dataclasses.replace(
+        destination,
+        bucket=arguments.bucket or destination.bucket,
+        endpoint_url=arguments.endpoint_url or destination.endpoint_url,
+        region=arguments.region or destination.region,
+        profile=arguments.profile or destination.profile,
+    )
+    if arguments.prefix is not None:
+        prefix = arguments.prefix.strip("/")
+    upload = dataclasses.replace(upload, connect_timeout=5.0, read_timeout=15.0, concurrency=8)
+    client = make_client(destination, upload)
+    where = f"s3://{destination.bucket}/{prefix}"
+    try:
+        rigs = fleet.read_fleet(client, destination.bucket, prefix)
+    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+        message = f"cannot list {where}: {redact(str(error))}"
+        if arguments.json:
+            print(json.dumps({"state": "unknown", "summary": message, "rigs": []}))
+        else:
+            print(f"UNKNOWN - {message}")
+        return health.UNKNOWN
+    code = fleet.worst(rigs)
+    if arguments.json:
+        print(
+            json.dumps(
+                {
+                    "state": health.NAMES[code],
+                    "where": where,
+                    "rigs": [rig.row() for rig in rigs],
+                }
+            )
+        )
+    else:
+        print("\n".join(fleet.fleet_lines(rigs, where)))
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser for every command."""
     parser = argparse.ArgumentParser(
@@ -558,6 +633,21 @@ def build_parser() -> argparse.ArgumentParser:
         "check credentials, bucket access, server features, clock, state dir, sources, "
         "inotify limits and the systemd unit (exit 0 all good, 1 problems, 2 bad config)",
     )
+    fleet_parser = add(
+        "fleet",
+        cmd_fleet,
+        "every rig's status as its agent last wrote it to the bucket (exit code of the worst "
+        "rig; a rig silent for 3 beat intervals is CRITICAL)",
+    )
+    fleet_parser.add_argument("--bucket", help="the bucket (default: the config's)")
+    fleet_parser.add_argument(
+        "--prefix",
+        help="look for beats under this prefix and two levels below (default: the parent of "
+        "the config's prefix)",
+    )
+    fleet_parser.add_argument("--endpoint-url", help="S3-compatible server (default: config's)")
+    fleet_parser.add_argument("--region", help="region (default: the config's)")
+    fleet_parser.add_argument("--profile", help="AWS profile (default: the config's)")
     demo = add("demo", cmd_demo, "demonstration: local S3 server, simulated instrument, live agent")
     demo.add_argument("--sessions", type=int, default=3, help="how many sessions to simulate")
     demo.add_argument(

@@ -478,8 +478,8 @@ def _read_metrics(table: _Table) -> MetricsSettings:
 def _read_fleet(table: _Table) -> FleetSettings:
     defaults = FleetSettings()
     settings = FleetSettings(interval=table.get("interval", parse_duration, defaults.interval))
-    if 0 < settings.interval < 5:
-        table.problem("interval", "must be 0 (off) or at least 5 seconds")
+    if 0 < settings.interval < 1 or settings.interval < 0:
+        table.problem("interval", "must be 0 (off) or at least 1 second")
     table.finish()
     return settings
 

@@ -152,11 +152,15 @@ class Ingest:
         store: S3Store,
         *,
         clock: Callable[[], float] = time.time,
+        on_outcome: Callable[[SessionRecord, UploadOutcome, float], None] | None = None,
     ) -> None:
         self.settings = settings
         self.state = state
         self.store = store
         self.clock = clock
+        # Told of every session upload's outcome and its seconds (metrics, hooks): after the
+        # state is settled, so it may read it.
+        self.on_outcome = on_outcome
         self.uploader = SessionUploader(settings, state, store, clock=clock)
         # Session paths already warned about (not UTF-8): once per process, not every rescan.
         self._skipped: set[str] = set()
@@ -374,6 +378,8 @@ class Ingest:
             # if names, sizes and mtimes look the same (a file swapped for a copy, or for a
             # link, keeps them): otherwise the stale inode would fail every later attempt.
             self.state.set_session_state(record.id, sessions.WAITING, reason=reason, fingerprint="")
+        if self.on_outcome is not None:
+            self.on_outcome(record, outcome, elapsed)
         return outcome
 
     def growing_sessions(self) -> list[SessionRecord]:

@@ -27,21 +27,27 @@ from types import FrameType
 
 import structlog
 
-from agent import health, lock, logs
+from agent import fleet, health, lock, logs
 from agent.checksums import Tally
 from agent.config import Settings, load_settings
 from agent.errors import AgentError, TransferError
+from agent.hooks import Hooks
 from agent.ingest import Ingest, log_retry, source_for_path
+from agent.metrics import Metrics
 from agent.notify import Notifier, Pulse, stall_limit
-from agent.state import State
+from agent.report import HOOK_FLAG, status_report
+from agent.state import SessionRecord, State
 from agent.throttle import Limit, limit_at
 from agent.transfer import S3Store, store_from_settings
+from agent.upload import UploadOutcome
 from agent.watch import Watcher
 
 log = structlog.get_logger("agent.service")
 
 TICK = 0.5
 STOP_GRACE = 25.0
+# At a stop, hooks still running get this long (systemd stops what is left with the unit).
+HOOK_GRACE = 3.0
 # The rate in STATUS= is averaged over this many seconds.
 RATE_WINDOW = 10.0
 # Test-only fault switch: with AGENT_TEST_FAULTS=1 in the environment, a file of this name in
@@ -140,7 +146,15 @@ class Daemon:
             stop=self.halt,
             on_retry=self._on_retry,
         )
-        ingest = Ingest(self.settings, state, store, clock=self.clock)
+        self.metrics = Metrics(
+            self.settings,
+            lambda: status_report(self.settings, state, self.clock()),
+            lambda: store.limiter.taken,
+        )
+        self.hooks = Hooks(
+            self.settings, lambda failure: state.set_flag(HOOK_FLAG, failure, self.clock())
+        )
+        ingest = Ingest(self.settings, state, store, clock=self.clock, on_outcome=self._on_outcome)
         watcher = Watcher(self.settings.sources, self._on_path, self._rescan_now.set)
         try:
             self._beat(state, "starting: recovering and reconciling")
@@ -168,12 +182,20 @@ class Daemon:
                 sources=[s.name for s in self.settings.sources],
                 watchdog_s=self.notifier.watchdog_interval,
             )
+            beater = self._start_beater(state)
+            self.metrics.start()
             self._main_loop(state, ingest, watcher, store)
             self.notifier.stopping()
             log.info("stop_requested", signal=self._signal)
+            if beater is not None:
+                beater.stop()
             uploader.join(STOP_GRACE)
             # Only a clean stop is recorded as one: after a crash, status must say so.
             state.stopped(self.clock())
+            if beater is not None:
+                beater.beat(force=True)  # the fleet sees a stop, not a silence
+            self.metrics.stop()
+            self.hooks.wait(HOOK_GRACE)
         except Exception:
             log.critical("daemon_crashed", exc_info=True)
             return 1
@@ -185,8 +207,27 @@ class Daemon:
             log.info("agent_stopped")
         return 0
 
+    def _start_beater(self, state: State) -> fleet.Beater | None:
+        """Start writing this agent's fleet beat to the bucket, unless `[fleet] interval = 0`."""
+        if self.settings.fleet.interval <= 0:
+            return None
+        beater = fleet.Beater(
+            self.settings,
+            fleet.beat_client(self.settings),
+            lambda: status_report(self.settings, state, self.clock()),
+            clock=self.clock,
+        )
+        beater.start()
+        return beater
+
+    def _on_outcome(self, record: SessionRecord, outcome: UploadOutcome, seconds: float) -> None:
+        self.metrics.outcome(record, outcome, seconds)
+        if outcome.complete:
+            self.hooks.session_uploaded(record, outcome.manifest_key)
+
     def _on_retry(self, error: TransferError, attempt: int, delay: float) -> None:
         self.pulse.beat()
+        self.metrics.retry(error)
         log_retry(error, attempt, delay)
 
     def _beat(self, state: State, status: str) -> None:
@@ -355,6 +396,7 @@ class Daemon:
                 self._beat(state, line)
                 self.notifier.status(line)
                 next_beat = now + self.settings.agent.heartbeat_interval
+            self.metrics.tick(now)
             for source_name, rel_path in self._take_hints():
                 ingest.observe(self.settings.source(source_name), rel_path)
             if not watcher.healthy() and not watcher_died:

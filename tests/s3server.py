@@ -28,7 +28,11 @@ StartResponse = Callable[..., Any]
 
 
 def operation_of(method: str, path: str, query: dict[str, list[str]]) -> str:
-    """Name the S3 operation of a request, as the tests count them."""
+    """Name the S3 operation of a request, as the tests count them. The agent's fleet beats
+    (keys under `.ingest-agent/agents/`) are named apart, e.g. BeatPutObject, so counts and
+    faults meant for session data are not consumed by them."""
+    if "/.ingest-agent/agents/" in path:
+        return "Beat" + operation_of(method, path.replace("/.ingest-agent/agents/", "/"), query)
     key = path.strip("/").count("/") >= 1
     if method == "PUT" and "partNumber" in query:
         return "UploadPart"

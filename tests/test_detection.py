@@ -22,8 +22,11 @@ QUEUE_SYSCTL = Path("/proc/sys/fs/inotify/max_queued_events")
 
 
 def keys_in(client: Any, bucket: str) -> set[str]:
+    """Session data keys (the daemon's fleet beat under .ingest-agent/ left out)."""
     listing = client.list_objects_v2(Bucket=bucket)
-    return {item["Key"] for item in listing.get("Contents", [])}
+    return {
+        item["Key"] for item in listing.get("Contents", []) if "/.ingest-agent/" not in item["Key"]
+    }
 
 
 def test_layout_fields_become_metadata_and_key_template_places_objects(
