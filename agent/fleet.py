@@ -139,11 +139,29 @@ class Beater:
             self.beat()
             self._stop.wait(1.0)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop the thread (the caller writes the last beat, after recording the stop)."""
+    def stop(self, timeout: float = 0.5) -> None:
+        """Stop the thread (the caller writes the last beat, after recording the stop). A
+        beat stuck on a hung server is abandoned after `timeout`: the daemon must stop."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def last_beat(self, timeout: float = 2.0) -> bool:
+        """Write one beat now, waiting at most `timeout` seconds for it (a hung S3 must not
+        hold up a stop that systemd expects within its TimeoutStopSec); return whether it
+        was written in time."""
+        written = threading.Event()
+        if self._thread is not None and self._thread.is_alive():
+            # The loop's beat is stuck on the server: one more would only wait the same way,
+            # and could land after it in the wrong order. The fleet will see silence.
+            return False
+
+        def send() -> None:
+            if self.beat(force=True):
+                written.set()
+
+        threading.Thread(target=send, name="fleet-last", daemon=True).start()
+        return written.wait(timeout)
 
 
 def beat_client(settings: Settings) -> S3Client:

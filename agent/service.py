@@ -47,7 +47,7 @@ log = structlog.get_logger("agent.service")
 TICK = 0.5
 STOP_GRACE = 25.0
 # At a stop, hooks still running get this long (systemd stops what is left with the unit).
-HOOK_GRACE = 3.0
+HOOK_GRACE = 1.0
 # The rate in STATUS= is averaged over this many seconds.
 RATE_WINDOW = 10.0
 # Test-only fault switch: with AGENT_TEST_FAULTS=1 in the environment, a file of this name in
@@ -193,7 +193,7 @@ class Daemon:
             # Only a clean stop is recorded as one: after a crash, status must say so.
             state.stopped(self.clock())
             if beater is not None:
-                beater.beat(force=True)  # the fleet sees a stop, not a silence
+                beater.last_beat()  # the fleet sees a stop, not a silence
             self.metrics.stop()
             self.hooks.wait(HOOK_GRACE)
         except Exception:

@@ -112,6 +112,10 @@ class S3TestServer:
         # S3-compatible servers do, (405, "MethodNotAllowed").
         self.missing_answer = (501, "NotImplemented")
         self.conditional_writes_supported = True
+        # Operations answered only after `hang_released` is set (or 60 s): a server that
+        # accepts the connection and then says nothing.
+        self.hanging: set[str] = set()
+        self.hang_released = threading.Event()
         # (monotonic time, bytes) for every chunk of request body the server read.
         self.received: list[tuple[float, int]] = []
         self._lock = threading.Lock()
@@ -130,6 +134,7 @@ class S3TestServer:
 
     def stop(self) -> None:
         """Stop serving and join the thread."""
+        self.hang_released.set()
         self._server.shutdown()
         self._thread.join(10)
 
@@ -144,6 +149,9 @@ class S3TestServer:
             self.list_uploads_supported = True
             self.missing_answer = (501, "NotImplemented")
             self.conditional_writes_supported = True
+            self.hanging.clear()
+        self.hang_released.set()
+        self.hang_released = threading.Event()
 
     def count(self, operation: str) -> int:
         """How many requests of `operation` were received."""
@@ -185,6 +193,11 @@ class S3TestServer:
         operation = operation_of(method, path, query)
         request = Request(operation, path, query)
         environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], self)
+        if operation in self.hanging:
+            with self._lock:
+                self.requests.append(request)
+            self.hang_released.wait(60)
+            return self._error(start_response, 503, "SlowDown")
         with self._lock:
             self.requests.append(request)
             for fault in self.faults:

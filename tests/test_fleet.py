@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -209,3 +210,43 @@ def test_fleet_with_no_beats_is_unknown(s3: S3TestServer, client: Any) -> None:
     code, found = fleet_json(bucket, s3.url)
     assert code == health.UNKNOWN
     assert found["rigs"] == []
+
+
+@pytest.mark.slow
+def test_a_hung_server_does_not_hold_up_the_stop(
+    tmp_path: Path, s3: S3TestServer, client: Any
+) -> None:
+    # Beats get no answer at all: the daemon must still stop cleanly, abandoning the hung
+    # beat at once and its last one after two seconds (waiting out the client's 15 s read
+    # timeout twice would take most of the contract's 30 s, with nothing left for uploads).
+    bucket = f"hung-fleet-{os.getpid()}"
+    client.create_bucket(Bucket=bucket)
+    s3.hanging.add("BeatPutObject")
+    daemon = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "run",
+            "--config",
+            str(rig_config(tmp_path, "rig-01", bucket, s3.url)),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert wait_for(lambda: s3.count("BeatPutObject") >= 1, timeout=20)
+    finally:
+        daemon.terminate()
+        asked = time.monotonic()
+        try:
+            code: int | None = daemon.wait(30)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+            code = None
+        stopped_in = time.monotonic() - asked
+    assert code == 0
+    assert stopped_in < 12
