@@ -196,7 +196,8 @@ def _sync(settings: Settings, as_json: bool) -> int:
                 # else: a file changed while being sent; the session waits to be quiet again.
         waiting = len(state.sessions_in(("waiting",)))
         seconds = max(time.monotonic() - started, 1e-6)
-        hooks.wait(settings.hooks.timeout)  # a one-off run lets its hooks finish
+        # A one-off run lets its hooks finish (each is killed at its own timeout).
+        hooks.wait(settings.hooks.timeout * (len(uploaded) + 1))
     finally:
         state.close()
     summary = {

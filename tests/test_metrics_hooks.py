@@ -209,17 +209,77 @@ def test_a_hook_that_cannot_start_is_reported(tmp_path: Path) -> None:
     assert "no-such-program" in results[0]
 
 
+def test_a_hook_that_leaves_a_job_behind_succeeds_and_its_group_dies_at_timeout(
+    tmp_path: Path,
+) -> None:
+    # Exit 0 with a job in the background: a success (the agent waits for the process, not
+    # for its output to close).
+    hooks, results = hooks_for(tmp_path, "sleep 30 & exit 0")
+    hooks.session_uploaded(record(), None)
+    assert hooks.wait(10)
+    assert results == [None]
+    # Past its time, the whole process group goes, background jobs included.
+    pid_file = tmp_path / "child.pid"
+    hooks, results = hooks_for(tmp_path, f"sleep 30 & echo $! > {pid_file}; wait", "1s")
+    hooks.session_uploaded(record(), None)
+    assert hooks.wait(10)
+    assert results == ["ephys/mouse1/s1: did not finish within 1 s and was killed"]
+    child = int(pid_file.read_text())
+    assert wait_for(lambda: not Path(f"/proc/{child}").exists() or _zombie(child), timeout=5)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_a_chatty_hook_keeps_only_the_end_of_its_output(tmp_path: Path) -> None:
+    # 20 MB of output: kept in a temporary file, not in the agent's memory; the end is shown.
+    hooks, results = hooks_for(
+        tmp_path, "head -c 20000000 /dev/zero | tr '\\0' x; echo; echo last words; exit 1"
+    )
+    hooks.session_uploaded(record(), None)
+    assert hooks.wait(30)
+    assert results[0] is not None
+    assert results[0].endswith("last words")
+    assert len(results[0]) < 600
+
+
+def test_hooks_run_one_at_a_time_without_the_agents_credentials(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "agent-secret-value")
+    log = tmp_path / "runs.log"
+    hooks, results = hooks_for(
+        tmp_path,
+        f'echo "start $INGEST_SESSION_ID ${{AWS_SECRET_ACCESS_KEY:-none}}" >> {log}; '
+        f'sleep 0.3; echo "end $INGEST_SESSION_ID" >> {log}',
+    )
+    for number in range(3):
+        hooks.session_uploaded(record(f"ephys/mouse1/s{number}"), None)
+    assert hooks.wait(30)
+    assert results == [None, None, None]
+    lines = log.read_text().splitlines()
+    assert lines == [
+        line
+        for number in range(3)
+        for line in (f"start ephys/mouse1/s{number} none", f"end ephys/mouse1/s{number}")
+    ]
+
+
 @pytest.mark.slow
 def test_the_daemon_runs_the_hook_without_waiting_and_status_shows_its_failure(
     make_rig: Any, tmp_path: Path
 ) -> None:
     rig = make_rig()
     marker = tmp_path / "hook-ran"
-    # The hook sleeps far longer than uploads take, then fails: the second session must be
-    # uploaded while the first one's hook still runs.
+    # The hook sleeps far longer than uploads take, then fails: both sessions are uploaded
+    # while the first one's hook still runs; the second's waits its turn.
     add_tables(
         rig,
-        f'[hooks]\non_uploaded = "echo $INGEST_SESSION_ID >> {marker}; sleep 4; '
+        f'[hooks]\non_uploaded = "echo $INGEST_SESSION_ID >> {marker}; sleep 8; '
         f'echo no queue >&2; exit 2"\ntimeout = "20s"',
     )
     write_session(rig, "mouse1/s1", {"a.bin": 100})
@@ -227,20 +287,21 @@ def test_the_daemon_runs_the_hook_without_waiting_and_status_shows_its_failure(
     daemon = start_daemon(rig)
     try:
         assert wait_for(lambda: set(session_states(rig).values()) == {"uploaded"}, 30)
-        assert wait_for(lambda: marker.exists() and len(marker.read_text().split()) == 2, 10)
-        # Both hooks started before either could have finished.
+        assert wait_for(marker.exists, 10)
         status = json.loads(rig.agentctl("status", "--json").stdout)
-        assert status["hooks"]["last_failure"] is None
+        assert status["hooks"]["last_failure"] is None  # the first hook is still sleeping
+        assert len(marker.read_text().split()) == 1  # one at a time
         assert wait_for(
             lambda: (
                 json.loads(rig.agentctl("status", "--json").stdout)["hooks"]["last_failure"]
                 is not None
             ),
-            15,
+            20,
         )
         status = json.loads(rig.agentctl("status", "--json").stdout)
         assert "exit 2: no queue" in status["hooks"]["last_failure"]
         assert "hook on_uploaded last failed" in rig.agentctl("status").stdout
+        assert wait_for(lambda: len(marker.read_text().split()) == 2, 10)
     finally:
         _, log = stop_daemon(daemon)
     assert '"event": "hook_failed"' in log
