@@ -23,6 +23,7 @@ import structlog
 
 from agent import __version__, health
 from agent.config import Settings
+from agent.logs import plain
 from agent.redact import redact
 from agent.transfer import make_client
 from agent.units import human_age, human_bytes, iso
@@ -34,6 +35,8 @@ log = structlog.get_logger("agent.fleet")
 
 NAMESPACE = ".ingest-agent/agents/"
 STALE_FACTOR = 3
+# A beat is a few kilobytes; anything much larger under the namespace is not one of ours.
+MAX_BEAT_SIZE = 1024 * 1024
 # However often sessions change, at most one beat per this many seconds.
 MIN_GAP = 5.0
 # Nagios severity, worst last: a fleet is as bad as its worst rig.
@@ -120,6 +123,7 @@ class Beater:
                 Key=self.key,
                 Body=beat_body(report, self.settings.agent.name, self.interval, now),
                 ContentType="application/json",
+                **({"ACL": self.settings.destination.acl} if self.settings.destination.acl else {}),  # type: ignore[arg-type]
             )
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
             log.warning("fleet_beat_failed", key=self.key, error=redact(str(error)))
@@ -207,21 +211,51 @@ class Rig:
         }
 
 
+def _mapping(value: object) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
 def judge(key: str, body: bytes | None, modified: float, now: float) -> Rig:
     """Judge one beat object: its own verdict, unless it is stale or unreadable. The age is
-    counted from the server's LastModified, so a rig's wrong clock cannot hide a dead rig."""
-    name = key.rsplit("/", 1)[-1].removesuffix(".json")
+    counted from the server's LastModified, so a rig's wrong clock cannot hide a dead rig.
+    Anything in the object that is not what an agent writes makes that rig UNKNOWN; other
+    rigs are never affected."""
+    name = plain(key.rsplit("/", 1)[-1].removesuffix(".json"))
     age = max(0.0, now - modified)
     try:
         beat = json.loads(body or b"")
         if not isinstance(beat, dict):
             raise ValueError("not a JSON object")
         status = beat["status"]
+        if not isinstance(status, dict):
+            raise ValueError("status is not an object")
         interval = float(beat["interval_s"])
+        if not interval > 0:
+            raise ValueError(f"interval_s {interval!r} is not positive")
         code = health.CODES[status["state"]]
-    except (ValueError, KeyError, TypeError) as error:
-        return Rig(key, name, health.UNKNOWN, f"unreadable beat object: {error}", age, {})
-    name = str(beat.get("name") or name)
+    except (ValueError, KeyError, TypeError, RecursionError) as error:
+        return Rig(key, name, health.UNKNOWN, f"unreadable beat object: {plain(error)}", age, {})
+    # Only what `fleet` shows is kept, each of the type an agent writes.
+    clean = {
+        "version": plain(beat.get("version", "-")),
+        "host": plain(beat.get("host", "-")),
+        "interval_s": interval,
+        "status": {
+            "sessions": {
+                plain(k): v
+                for k, v in _mapping(status.get("sessions")).items()
+                if isinstance(v, int)
+            },
+            "backlog": {
+                k: v
+                for k, v in _mapping(status.get("backlog")).items()
+                if k in ("files", "bytes") and isinstance(v, int)
+            },
+            "last_error": None if status.get("last_error") is None else plain(status["last_error"]),
+        },
+    }
+    name = plain(beat.get("name") or name)
+    summary = plain(status.get("summary", ""))
     limit = STALE_FACTOR * interval
     if age > limit:
         return Rig(
@@ -229,11 +263,11 @@ def judge(key: str, body: bytes | None, modified: float, now: float) -> Rig:
             name,
             health.CRITICAL,
             f"no beat for {human_age(age)} (limit {human_age(limit)}): the rig is off, cut off "
-            f"from S3, or its agent is not running; last said: {status.get('summary', '')}",
+            f"from S3, or its agent is not running; last said: {summary}",
             age,
-            beat,
+            clean,
         )
-    return Rig(key, name, code, str(status.get("summary", "")), age, beat)
+    return Rig(key, name, code, summary, age, clean)
 
 
 def _children(client: S3Client, bucket: str, base: str) -> list[str]:
@@ -263,21 +297,26 @@ def _beat_prefixes(client: S3Client, bucket: str, prefix: str, depth: int = 2) -
 def read_fleet(client: S3Client, bucket: str, prefix: str, now: float | None = None) -> list[Rig]:
     """Every agent's beat under `prefix` (and two levels below), judged; sorted worst first,
     then by name."""
-    objects: list[tuple[str, float]] = []
+    objects: list[tuple[str, float, int]] = []
     for where in _beat_prefixes(client, bucket, prefix):
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=bucket, Prefix=where):
             for item in page.get("Contents", []):
                 key = item.get("Key", "")
                 if key.endswith(".json") and "/" not in key[len(where) :]:
-                    objects.append((key, item["LastModified"].timestamp()))
+                    objects.append((key, item["LastModified"].timestamp(), item.get("Size", 0)))
 
-    def fetch(entry: tuple[str, float]) -> Rig:
-        key, modified = entry
+    def fetch(entry: tuple[str, float, int]) -> Rig:
+        key, modified, size = entry
+        name = plain(key.rsplit("/", 1)[-1].removesuffix(".json"))
+        if size > MAX_BEAT_SIZE:
+            return Rig(key, name, health.UNKNOWN, f"not a beat: {size} bytes", None, {})
         try:
-            body = client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except botocore.exceptions.ClientError as error:
-            return Rig(key, key, health.UNKNOWN, f"cannot read: {error}", None, {})
+            body = client.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_BEAT_SIZE + 1)
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
+            return Rig(
+                key, name, health.UNKNOWN, f"cannot read: {plain(redact(str(error)))}", None, {}
+            )
         return judge(key, body, modified, time.time() if now is None else now)
 
     with ThreadPoolExecutor(max_workers=8) as pool:

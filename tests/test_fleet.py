@@ -250,3 +250,54 @@ def test_a_hung_server_does_not_hold_up_the_stop(
         stopped_in = time.monotonic() - asked
     assert code == 0
     assert stopped_in < 12
+
+
+def test_garbage_beats_make_only_their_rig_unknown(s3: S3TestServer, client: Any) -> None:
+    bucket = f"garbage-fleet-{os.getpid()}"
+    client.create_bucket(Bucket=bucket)
+    good = json.loads(beat_object("ok", interval=3600))
+    objects = {
+        "good": good,
+        "string-backlog": {**good, "status": {**good["status"], "backlog": "lots"}},
+        "escape": {**good, "name": "evil\x1b[2J\x1b]0;owned\x07", "version": "\x1b[31mred"},
+    }
+    for name, body in objects.items():
+        key = f"lab/{name}/.ingest-agent/agents/{name}.json"
+        client.put_object(Bucket=bucket, Key=key, Body=json.dumps(body).encode())
+    deep = b"[" * 100_000 + b"]" * 100_000  # deeper than Python's JSON decoder goes
+    client.put_object(Bucket=bucket, Key="lab/deep/.ingest-agent/agents/deep.json", Body=deep)
+    huge = "lab/huge/.ingest-agent/agents/huge.json"
+    client.put_object(Bucket=bucket, Key=huge, Body=b" " * (fleet.MAX_BEAT_SIZE + 1))
+
+    code, found = fleet_json(bucket, s3.url)
+    states = {r["key"].split("/")[1]: r["state"] for r in found["rigs"]}
+    assert states == {
+        "good": "ok",
+        "string-backlog": "ok",  # its odd field is dropped, its verdict stands
+        "deep": "unknown",
+        "escape": "ok",
+        "huge": "unknown",
+    }
+    assert code == health.UNKNOWN
+    text = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent",
+            "fleet",
+            "--bucket",
+            bucket,
+            "--endpoint-url",
+            s3.url,
+            "--config",
+            "/nonexistent/config.toml",
+        ],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        timeout=60,
+        check=False,
+    )
+    assert text.returncode == health.UNKNOWN, text.stderr
+    assert "\x1b" not in text.stdout
+    assert "evil\\x1b[2J" in text.stdout
