@@ -102,7 +102,7 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     if paused_by:
         return Health(OK, f"daemon running, uploads paused by the schedule; {waiting}", True, age)
     if backlog is not None:
-        slow = backlog.warning(now, heartbeat)
+        slow = backlog.warning(now)
         if slow:
             return Health(WARNING, f"{slow}; {waiting}", True, age)
     return Health(OK, f"daemon running; {waiting}", True, age)
@@ -114,30 +114,35 @@ class Backlog:
 
     ready_since: float | None  # when the oldest session now ready or uploading became ready
     oldest_ready: tuple[str, float] | None  # (id, since) of the oldest session still `ready`
-    last_sent_at: float | None  # a file finished, or the daemon last sent data
+    last_sent_at: float | None  # when S3 last acknowledged a part or a file (kept across restarts)
     ready_limit: float
     stall_limit: float
+    uploading: bool = False  # a session is being uploaded now
+    resumed_at: float | None = None  # when the last pause (operator or schedule) ended
 
-    def stalled_for(self, now: float, heartbeat: Heartbeat) -> float | None:
-        """Seconds that ready sessions have gone without any data sent, or None if none
-        are ready. Counted from the latest of: the last data sent, the daemon's start, and
-        the moment the oldest of them became ready."""
+    def stalled_for(self, now: float) -> float | None:
+        """Seconds that ready sessions have gone without S3 acknowledging anything, or None
+        if none are ready. Counted from the latest of: the last acknowledgement, the moment
+        the oldest of them became ready, and the end of the last pause. A restart does not
+        reset it: a daemon restarted again and again by the watchdog is still stalled."""
         if self.ready_since is None:
             return None
-        since = max(self.ready_since, heartbeat.started_at, self.last_sent_at or 0.0)
+        since = max(self.ready_since, self.last_sent_at or 0.0, self.resumed_at or 0.0)
         return max(0.0, now - since)
 
-    def warning(self, now: float, heartbeat: Heartbeat) -> str | None:
+    def warning(self, now: float) -> str | None:
         """The WARNING text if a limit is passed, else None."""
-        stalled = self.stalled_for(now, heartbeat)
+        stalled = self.stalled_for(now)
         if stalled is not None and stalled > self.stall_limit:
             return (
                 f"sessions are ready but nothing was sent for {human_age(stalled)} "
                 f"(limit {human_age(self.stall_limit)}; [status] stalled_warning)"
             )
-        if self.oldest_ready is not None:
+        # While a session uploads (and is not stalled), the next ones wait their turn: that
+        # is a queue, not a fault. Time spent paused does not count either.
+        if self.oldest_ready is not None and not self.uploading:
             session_id, since = self.oldest_ready
-            waited = now - since
+            waited = now - max(since, self.resumed_at or 0.0)
             if waited > self.ready_limit:
                 return (
                     f"session {session_id} has been ready for {human_age(waited)} without "
@@ -145,6 +150,7 @@ class Backlog:
                     "ready_warning)"
                 )
         return None
+
 
 
 def status_line(

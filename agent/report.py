@@ -25,6 +25,9 @@ from agent.units import human_age, human_bytes, human_rate, iso
 # is still being written).
 SENDING_STATES = ("ready", "uploading")
 HOOK_FLAG = "hook_failed"
+# Set by the daemon when a pause (operator's or schedule's) ends: waiting while paused is
+# not a stall.
+RESUMED_FLAG = "resumed_at"
 
 
 def _round(value: float | None, digits: int = 1) -> float | None:
@@ -68,12 +71,15 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
     sending_since = [item[1] for item in (oldest["ready"], oldest["uploading"]) if item]
     progress_at = heartbeat.progress_at if heartbeat else None
     last_sent_at = max((t for t in (last_file_at, progress_at) if t is not None), default=None)
+    resumed = state.flag(RESUMED_FLAG)
     backlog = health.Backlog(
         ready_since=min(sending_since) if sending_since else None,
         oldest_ready=oldest["ready"],
         last_sent_at=last_sent_at,
         ready_limit=settings.status.ready_warning,
         stall_limit=settings.status.stalled_warning,
+        uploading=oldest["uploading"] is not None,
+        resumed_at=float(resumed) if resumed else None,
     )
     verdict = health.assess(
         heartbeat,

@@ -35,7 +35,7 @@ from agent.hooks import Hooks
 from agent.ingest import Ingest, log_retry, source_for_path
 from agent.metrics import Metrics
 from agent.notify import Notifier, Pulse, stall_limit
-from agent.report import HOOK_FLAG, status_report
+from agent.report import HOOK_FLAG, RESUMED_FLAG, status_report
 from agent.state import SessionRecord, State
 from agent.throttle import Limit, limit_at
 from agent.transfer import S3Store, store_from_settings
@@ -140,6 +140,10 @@ class Daemon:
                 "WATCHDOG (install python3-systemd or the systemd-python package)",
             )
         state = State.open(self.settings.state_db_path)
+        previous = state.heartbeat()
+        # When S3 last acknowledged anything survives a restart: a daemon restarted by the
+        # watchdog again and again must still show as stalled.
+        state.acknowledged_at = previous.progress_at if previous else None
         store = store_from_settings(
             self.settings.destination,
             self.settings.upload,
@@ -158,6 +162,8 @@ class Daemon:
         watcher = Watcher(self.settings.sources, self._on_path, self._rescan_now.set)
         try:
             self._beat(state, "starting: recovering and reconciling")
+            # The fleet hears of the start at once, not after a long first scan.
+            beater = self._start_beater(state)
             self.notifier.status("starting: recovering unfinished uploads")
             try:
                 ingest.recover()
@@ -182,7 +188,6 @@ class Daemon:
                 sources=[s.name for s in self.settings.sources],
                 watchdog_s=self.notifier.watchdog_interval,
             )
-            beater = self._start_beater(state)
             self.metrics.start()
             self._main_loop(state, ingest, watcher, store)
             self.notifier.stopping()
@@ -287,6 +292,8 @@ class Daemon:
                 log.info("uploads_paused", by=paused_by)
             else:
                 log.info("uploads_resumed")
+                if self.paused_by is not None:  # not at start-up: a pause really ended
+                    state.set_flag(RESUMED_FLAG, str(self.clock()), self.clock())
                 self._wake_uploader.set()
             self.paused_by = paused_by
         if paused_by or self.stop.is_set():

@@ -107,25 +107,27 @@ def backlog(**fields: Any) -> health.Backlog:
 
 
 def test_nothing_ready_is_never_stalled() -> None:
-    assert backlog(last_sent_at=NOW - 99 * HOUR).stalled_for(NOW, heartbeat(0)) is None
+    assert backlog(last_sent_at=NOW - 99 * HOUR).stalled_for(NOW) is None
 
 
-def test_stall_counts_from_the_latest_of_ready_start_and_last_send() -> None:
-    # Ready for 3 h, the daemon up for 5 h, the last part acknowledged 2 h ago: stalled 2 h.
+def test_stall_counts_from_the_latest_of_ready_start_last_ack_and_pause_end() -> None:
+    # Ready for 3 h, the last part acknowledged 2 h ago: stalled 2 h.
     long_ready = backlog(ready_since=NOW - 3 * HOUR, last_sent_at=NOW - 2 * HOUR)
-    assert long_ready.stalled_for(NOW, heartbeat(NOW - 5 * HOUR)) == 2 * HOUR
+    assert long_ready.stalled_for(NOW) == 2 * HOUR
     # A session ready 10 min ago after a week of silence is not a 1-week stall.
     fresh = backlog(ready_since=NOW - 600, last_sent_at=NOW - 7 * 24 * HOUR)
-    assert fresh.stalled_for(NOW, heartbeat(0)) == 600
-    # A daemon restarted 5 min ago has had 5 min, not the whole backlog's age.
-    restarted = backlog(ready_since=NOW - 3 * HOUR, last_sent_at=None)
-    assert restarted.stalled_for(NOW, heartbeat(NOW - 300)) == 300
+    assert fresh.stalled_for(NOW) == 600
+    # Uploads only at night: the day's sessions waited through the pause; 30 s after it
+    # ended they have waited 30 s, not 11 h.
+    evening = backlog(
+        ready_since=NOW - 11 * HOUR, last_sent_at=NOW - 12 * HOUR, resumed_at=NOW - 30
+    )
+    assert evening.stalled_for(NOW) == 30
 
 
 def test_stall_and_long_ready_warn_only_past_their_limits() -> None:
-    beat_ = heartbeat(0)
-    assert backlog(ready_since=NOW - 59 * 60).warning(NOW, beat_) is None
-    stalled = backlog(ready_since=NOW - 61 * 60).warning(NOW, beat_)
+    assert backlog(ready_since=NOW - 59 * 60).warning(NOW) is None
+    stalled = backlog(ready_since=NOW - 61 * 60).warning(NOW)
     assert stalled is not None
     assert "nothing was sent for 61 min" in stalled
     assert "stalled_warning" in stalled
@@ -133,10 +135,29 @@ def test_stall_and_long_ready_warn_only_past_their_limits() -> None:
         ready_since=NOW - 7 * HOUR,
         last_sent_at=NOW - 60,
         oldest_ready=("ephys/m1/s2", NOW - 7 * HOUR),
-    ).warning(NOW, beat_)
+    ).warning(NOW)
     assert waiting is not None
     assert "ephys/m1/s2 has been ready for 7 h" in waiting
     assert "ready_warning" in waiting
+
+
+def test_a_queue_behind_a_running_upload_or_a_pause_is_not_too_long_ready() -> None:
+    # A 7 h session uploading at full rate: the next one waits its turn.
+    queued = backlog(
+        ready_since=NOW - 8 * HOUR,
+        last_sent_at=NOW - 5,
+        oldest_ready=("ephys/m1/s3", NOW - 7 * HOUR),
+        uploading=True,
+    )
+    assert queued.warning(NOW) is None
+    # Ready since the morning, uploads allowed from 20:00: 5 min after the pause, fine.
+    after_pause = backlog(
+        ready_since=NOW - 10 * HOUR,
+        last_sent_at=NOW - 5,
+        oldest_ready=("ephys/m1/s4", NOW - 10 * HOUR),
+        resumed_at=NOW - 300,
+    )
+    assert after_pause.warning(NOW) is None
 
 
 def test_a_scheduled_pause_does_not_warn_about_the_backlog_it_causes() -> None:
