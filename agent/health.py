@@ -152,7 +152,6 @@ class Backlog:
         return None
 
 
-
 def status_line(
     counts: dict[str, int],
     backlog_files: int,
