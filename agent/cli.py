@@ -74,7 +74,7 @@ def _settings(arguments: argparse.Namespace) -> Settings:
 
 def _live_daemon(settings: Settings, state: State) -> Heartbeat | None:
     """The heartbeat of a daemon that is running now, or None."""
-    heartbeat = state.heartbeat()
+    heartbeat = state.control.heartbeat()
     if heartbeat is None:
         return None
     verdict = health.assess(
@@ -155,7 +155,9 @@ def _sync(settings: Settings, as_json: bool) -> int:
         # window does not stop it (the operator asked for it).
         limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
         store.limiter.set_rate(limit.max_bandwidth)
-        hooks = Hooks(settings, lambda failure: state.set_flag(HOOK_FLAG, failure, time.time()))
+        hooks = Hooks(
+            settings, lambda failure: state.control.set_flag(HOOK_FLAG, failure, time.time())
+        )
 
         def on_outcome(record: SessionRecord, outcome: Any, _seconds: float) -> None:
             if outcome.complete:
@@ -170,7 +172,7 @@ def _sync(settings: Settings, as_json: bool) -> int:
             # Each session's upload will meet the same problem and record it as its reason.
             print(f"recovery skipped: {redact(str(error))}", file=sys.stderr)
         due = ingest.due_sessions()
-        pending = [item for record in due for item in state.pending_files(record.id)]
+        pending = [item for record in due for item in state.ledger.pending_files(record.id)]
         totals = progress.Totals(len(pending), sum(item.size for item in pending))
         view = progress.view_for(sys.stderr, as_json=as_json)
         if isinstance(view, progress.BarView):
@@ -178,7 +180,7 @@ def _sync(settings: Settings, as_json: bool) -> int:
             logs.configure(
                 settings.agent.log_level, view.log_stream(), target=settings.agent.log_target
             )
-        measure = progress.Measure(state.backlog, lambda: store.limiter.taken)
+        measure = progress.Measure(state.queries.backlog, lambda: store.limiter.taken)
         files = size = 0
         failed: list[str] = []
         uploaded: list[str] = []
@@ -194,7 +196,7 @@ def _sync(settings: Settings, as_json: bool) -> int:
                 elif outcome.errors:
                     failed.append(record.id)
                 # else: a file changed while being sent; the session waits to be quiet again.
-        waiting = len(state.sessions_in(("waiting",)))
+        waiting = len(state.sessions.in_states(("waiting",)))
         seconds = max(time.monotonic() - started, 1e-6)
         # A one-off run lets its hooks finish (each is killed at its own timeout).
         hooks.wait(settings.hooks.timeout * (len(uploaded) + 1))
@@ -318,7 +320,7 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
         records: list[SessionRecord] = []
     else:
         try:
-            records = state.list_sessions(arguments.state)
+            records = state.sessions.all(arguments.state)
         finally:
             state.close()
     if arguments.json:
@@ -350,7 +352,7 @@ def cmd_verify(arguments: argparse.Namespace) -> int:
     state = State.open(settings.state_db_path, create=False)
     try:
         if arguments.session:
-            record = state.get_session(arguments.session)
+            record = state.sessions.get(arguments.session)
             if record is None:
                 print(
                     f"no session {arguments.session!r}; `agentctl sessions` lists the ids",
@@ -359,7 +361,7 @@ def cmd_verify(arguments: argparse.Namespace) -> int:
                 return EXIT_CONFIG
             targets = [record]
         else:
-            targets = [r for r in state.list_sessions() if r.manifest_key is not None]
+            targets = [r for r in state.sessions.all() if r.manifest_key is not None]
         store = store_from_settings(settings.destination, settings.upload)
         checks = [
             verify_session(state, store, record, quick=arguments.quick, download=arguments.download)
@@ -407,7 +409,7 @@ def cmd_pause(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     state = State.open(settings.state_db_path)
     try:
-        state.set_flag("paused", "operator", time.time())
+        state.control.set_flag("paused", "operator", time.time())
         running = _live_daemon(settings, state) is not None
     finally:
         state.close()
@@ -424,8 +426,8 @@ def cmd_resume(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     state = State.open(settings.state_db_path)
     try:
-        was = state.flag("paused") is not None
-        state.set_flag("paused", None, time.time())
+        was = state.control.flag("paused") is not None
+        state.control.set_flag("paused", None, time.time())
     finally:
         state.close()
     return _report(arguments, True, "uploads resumed" if was else "uploads were not paused")
@@ -436,7 +438,7 @@ def cmd_retry(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     state = State.open(settings.state_db_path, create=False)
     try:
-        record = state.get_session(arguments.session)
+        record = state.sessions.get(arguments.session)
         if record is None:
             return _report(
                 arguments, False, f"no session {arguments.session!r}; see `agentctl sessions`"
@@ -447,7 +449,7 @@ def cmd_retry(arguments: argparse.Namespace) -> int:
                 False,
                 f"{record.id} is {record.state}, not failed: nothing to retry",
             )
-        state.retry_now(record.id)
+        state.sessions.retry_now(record.id)
     finally:
         state.close()
     return _report(arguments, True, f"{record.id} will be uploaded again shortly")
@@ -464,12 +466,12 @@ def cmd_rescan(arguments: argparse.Namespace) -> int:
                 False,
                 "the daemon is not running; start it, or run `agentctl sync` for one pass",
             )
-        request = state.request("rescan", None, time.time())
+        request = state.control.request("rescan", None, time.time())
         deadline = time.monotonic() + 10
-        result = state.request_result(request)
+        result = state.control.request_result(request)
         while result is None and time.monotonic() < deadline:
             time.sleep(0.1)
-            result = state.request_result(request)
+            result = state.control.request_result(request)
     finally:
         state.close()
     if result is None:

@@ -138,7 +138,7 @@ def simulate_instrument(ephys: Path, imaging: Path, count: int, stop: threading.
 
 
 def _render(state: State, expected: int) -> str:
-    rows = state.list_sessions()
+    rows = state.sessions.all()
     lines = [f"--- {time.strftime('%H:%M:%S')}  sessions seen {len(rows)}/{expected}"]
     for record in rows:
         done = 100 * record.uploaded_bytes / record.bytes if record.bytes else 0.0
@@ -207,7 +207,7 @@ def run_demo(sessions: int = 3, keep_running: bool = False) -> int:
             deadline = time.monotonic() + 120
             while not stop.is_set():
                 print(_render(state, sessions), flush=True)
-                uploaded = len(state.list_sessions("uploaded"))
+                uploaded = len(state.sessions.all("uploaded"))
                 if uploaded >= sessions and not keep_running:
                     break
                 if time.monotonic() > deadline and not keep_running:

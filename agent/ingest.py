@@ -161,7 +161,7 @@ class Ingest:
         # Told of every session upload's outcome and its seconds (metrics, hooks): after the
         # state is settled, so it may read it.
         self.on_outcome = on_outcome
-        self.uploader = SessionUploader(settings, state, store, clock=clock)
+        self.uploader = SessionUploader(settings, state.ledger, store, clock=clock)
         # Session paths already warned about (not UTF-8): once per process, not every rescan.
         self._skipped: set[str] = set()
 
@@ -184,10 +184,10 @@ class Ingest:
         if values is None:
             return None
         if not real_directory(source.path, rel_path):
-            existing = self.state.get_session(session_id)
+            existing = self.state.sessions.get(session_id)
             if existing is not None and not existing.local_missing:
                 log.warning("session_directory_gone", session=session_id, path=str(path))
-                self.state.mark_session_missing(session_id)
+                self.state.sessions.mark_missing(session_id)
             return existing
         prefix = key_prefix_for(self.settings, source, values)
         prefix_problem = unsafe_name_reason(prefix)
@@ -205,7 +205,7 @@ class Ingest:
                 keys[item.rel_path] = object_key(prefix, item.rel_path)
             else:
                 refused[item.rel_path] = reason
-        record, changed = self.state.observe_session(
+        record, changed = self.state.sessions.observe(
             session_id=session_id,
             source=source.name,
             rel_path=rel_path,
@@ -253,7 +253,7 @@ class Ingest:
         if verdict.ready:
             if record.state != sessions.READY:
                 log.info("session_ready", session=record.id, files=record.files, bytes=record.bytes)
-                self.state.set_session_state(
+                self.state.sessions.move(
                     record.id, sessions.READY, completed_at=now, reason=None, recheck_at=None
                 )
         elif (
@@ -263,12 +263,12 @@ class Ingest:
         ):
             if record.state != sessions.WAITING:
                 log.info("session_reopened", session=record.id, reason=verdict.reason)
-            self.state.set_session_state(
+            self.state.sessions.move(
                 record.id, sessions.WAITING, reason=verdict.reason, recheck_at=recheck_at
             )
         else:
             return record
-        updated = self.state.get_session(record.id)
+        updated = self.state.sessions.get(record.id)
         assert updated is not None
         return updated
 
@@ -292,7 +292,7 @@ class Ingest:
                 if tick is not None and tick():
                     log.info("reconcile_interrupted", sessions=len(seen))
                     return len(seen)
-        for record in self.state.list_sessions():
+        for record in self.state.sessions.all():
             if record.id not in seen and not record.local_missing:
                 try:
                     source = self.settings.source(record.source)
@@ -311,7 +311,7 @@ class Ingest:
         """Re-scan waiting sessions whose time-based rule may now hold (the time their last
         verdict named has come). Sessions waiting for a marker or a required file are not
         polled: an event or the next reconcile brings them back."""
-        for record in self.state.sessions_to_recheck(self.clock()):
+        for record in self.state.sessions.to_recheck(self.clock()):
             try:
                 source = self.settings.source(record.source)
             except KeyError:
@@ -325,7 +325,7 @@ class Ingest:
         now = self.clock()
         return [
             record
-            for record in self.state.sessions_in((sessions.READY, sessions.FAILED))
+            for record in self.state.sessions.in_states((sessions.READY, sessions.FAILED))
             if record.state == sessions.READY
             or (record.next_attempt_at is not None and record.next_attempt_at <= now)
         ]
@@ -336,7 +336,7 @@ class Ingest:
         log.info(
             "session_upload_started", session=record.id, files=record.files, bytes=record.bytes
         )
-        self.state.set_session_state(record.id, sessions.UPLOADING, reason=None)
+        self.state.sessions.move(record.id, sessions.UPLOADING, reason=None)
         started = self.clock()
         try:
             outcome = self.uploader.upload_session(record)
@@ -361,7 +361,7 @@ class Ingest:
             delay = min(
                 self.settings.upload.failed_retry_delay * 2 ** min(attempts - 1, 6), 86400.0
             )
-            self.state.session_failed(record.id, str(first_error), self.clock() + delay)
+            self.state.sessions.fail(record.id, str(first_error), self.clock() + delay)
             log.error(
                 "session_failed",
                 session=record.id,
@@ -370,14 +370,14 @@ class Ingest:
                 retry_in_s=round(delay),
             )
         elif outcome.interrupted:
-            self.state.set_session_state(record.id, sessions.READY, reason="interrupted; resumes")
+            self.state.sessions.move(record.id, sessions.READY, reason="interrupted; resumes")
         else:
             reason = f"changed during upload: {', '.join(outcome.changed[:3])}"
             log.warning("session_changed_during_upload", session=record.id, files=outcome.changed)
             # Forget the listing's fingerprint so the next scan records the files afresh even
             # if names, sizes and mtimes look the same (a file swapped for a copy, or for a
             # link, keeps them): otherwise the stale inode would fail every later attempt.
-            self.state.set_session_state(record.id, sessions.WAITING, reason=reason, fingerprint="")
+            self.state.sessions.move(record.id, sessions.WAITING, reason=reason, fingerprint="")
         if self.on_outcome is not None:
             self.on_outcome(record, outcome, elapsed)
         return outcome
@@ -389,7 +389,7 @@ class Ingest:
             return []
         return [
             record
-            for record in self.state.sessions_in((sessions.WAITING,))
+            for record in self.state.sessions.in_states((sessions.WAITING,))
             if record.source in growing and not record.local_missing
         ]
 
@@ -415,9 +415,9 @@ class Ingest:
         """After a crash: sessions left `uploading` become `ready` again; multipart uploads
         under our sources' prefixes that the database does not know are aborted (they were
         created but never recorded)."""
-        for record in self.state.sessions_in((sessions.UPLOADING,)):
-            self.state.set_session_state(record.id, sessions.READY, reason="resuming after restart")
-        known = {upload.upload_id for upload in self.state.all_uploads()}
+        for record in self.state.sessions.in_states((sessions.UPLOADING,)):
+            self.state.sessions.move(record.id, sessions.READY, reason="resuming after restart")
+        known = {upload.upload_id for upload in self.state.ledger.all_uploads()}
         roots = {source_key_root(self.settings, source) for source in self.settings.sources}
         if "" in roots:
             log.warning(
@@ -480,10 +480,12 @@ def plan_sync(settings: Settings, state: State | None, now: float) -> list[Plann
             scan = scan_session(source.path, rel_path, source.exclude)
             prefix = key_prefix_for(settings, source, values)
             session_id = session_id_for(source, rel_path)
-            existing = state.get_session(session_id) if state is not None else None
+            existing = state.sessions.get(session_id) if state is not None else None
             done = {
                 f.rel_path: (f.uploaded_size, f.uploaded_mtime_ns)
-                for f in (state.files_of(session_id) if state is not None and existing else [])
+                for f in (
+                    state.ledger.files_of(session_id) if state is not None and existing else []
+                )
             }
             refused = tuple(
                 (f.rel_path, reason)

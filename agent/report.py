@@ -38,13 +38,13 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
     """Read `state` and return the status report (the JSON of `agentctl status --json`),
     whose "code" key holds the Nagios exit code."""
     now = time.time() if now is None else now
-    heartbeat = state.heartbeat()
-    rows = state.source_summary()
-    last_error = state.last_error()
-    operator_pause = state.flag("paused") is not None
-    hook_failure = state.flag(HOOK_FLAG)
-    oldest = {name: state.oldest_in(name) for name in ("waiting", "ready", "uploading")}
-    last_file_at = state.last_file_uploaded_at()
+    heartbeat = state.control.heartbeat()
+    rows = state.queries.source_summary()
+    last_error = state.queries.last_error()
+    operator_pause = state.control.flag("paused") is not None
+    hook_failure = state.control.flag(HOOK_FLAG)
+    oldest = {name: state.queries.oldest_in(name) for name in ("waiting", "ready", "uploading")}
+    last_file_at = state.queries.last_file_uploaded_at()
 
     counts = dict.fromkeys(SESSION_STATES, 0)
     files = size = ready_files = ready_bytes = 0
@@ -71,7 +71,7 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
     sending_since = [item[1] for item in (oldest["ready"], oldest["uploading"]) if item]
     progress_at = heartbeat.progress_at if heartbeat else None
     last_sent_at = max((t for t in (last_file_at, progress_at) if t is not None), default=None)
-    resumed = state.flag(RESUMED_FLAG)
+    resumed = state.control.flag(RESUMED_FLAG)
     backlog = health.Backlog(
         ready_since=min(sending_since) if sending_since else None,
         oldest_ready=oldest["ready"],

@@ -140,10 +140,10 @@ class Daemon:
                 "WATCHDOG (install python3-systemd or the systemd-python package)",
             )
         state = State.open(self.settings.state_db_path)
-        previous = state.heartbeat()
+        previous = state.control.heartbeat()
         # When S3 last acknowledged anything survives a restart: a daemon restarted by the
         # watchdog again and again must still show as stalled.
-        state.acknowledged_at = previous.progress_at if previous else None
+        state.ledger.acknowledged_at = previous.progress_at if previous else None
         store = store_from_settings(
             self.settings.destination,
             self.settings.upload,
@@ -156,7 +156,7 @@ class Daemon:
             lambda: store.limiter.taken,
         )
         self.hooks = Hooks(
-            self.settings, lambda failure: state.set_flag(HOOK_FLAG, failure, self.clock())
+            self.settings, lambda failure: state.control.set_flag(HOOK_FLAG, failure, self.clock())
         )
         ingest = Ingest(self.settings, state, store, clock=self.clock, on_outcome=self._on_outcome)
         watcher = Watcher(self.settings.sources, self._on_path, self._rescan_now.set)
@@ -196,7 +196,7 @@ class Daemon:
                 beater.stop()
             uploader.join(STOP_GRACE)
             # Only a clean stop is recorded as one: after a crash, status must say so.
-            state.stopped(self.clock())
+            state.control.stopped(self.clock())
             if beater is not None:
                 beater.last_beat()  # the fleet sees a stop, not a silence
             self.metrics.stop()
@@ -236,14 +236,14 @@ class Daemon:
         log_retry(error, attempt, delay)
 
     def _beat(self, state: State, status: str) -> None:
-        state.beat(
+        state.control.beat(
             pid=os.getpid(),
             hostname=socket.gethostname(),
             started_at=self.started_at,
             now=self.clock(),
             status=status,
             rate=self._last_rate,
-            progress_at=state.acknowledged_at,
+            progress_at=state.ledger.acknowledged_at,
         )
 
     def _rate(self, store: S3Store) -> float:
@@ -257,10 +257,10 @@ class Daemon:
         return self._last_rate
 
     def _status_line(self, state: State, store: S3Store) -> str:
-        counts = state.session_counts()
-        files, size = state.backlog()
-        done, total = state.upload_progress()
-        last = state.last_upload_at()
+        counts = state.queries.session_counts()
+        files, size = state.queries.backlog()
+        done, total = state.queries.upload_progress()
+        last = state.queries.last_upload_at()
         return health.status_line(
             counts,
             files,
@@ -285,7 +285,7 @@ class Daemon:
                 window=limit.window,
             )
             self.limit = limit
-        operator = state.flag("paused")
+        operator = state.control.flag("paused")
         paused_by = "operator" if operator is not None else "schedule" if limit.paused else None
         if paused_by != self.paused_by:
             if paused_by:
@@ -293,7 +293,7 @@ class Daemon:
             else:
                 log.info("uploads_resumed")
                 if self.paused_by is not None:  # not at start-up: a pause really ended
-                    state.set_flag(RESUMED_FLAG, str(self.clock()), self.clock())
+                    state.control.set_flag(RESUMED_FLAG, str(self.clock()), self.clock())
                 self._wake_uploader.set()
             self.paused_by = paused_by
         if paused_by or self.stop.is_set():
@@ -302,14 +302,14 @@ class Daemon:
             self.halt.clear()
 
     def _serve_requests(self, state: State) -> None:
-        for request_id, command, _argument in state.pending_requests():
+        for request_id, command, _argument in state.control.pending_requests():
             if command == "rescan":
                 self._rescan_now.set()
                 result = "rescanning"
             else:
                 result = f"unknown command {command!r}"
             log.info("control_request", command=command, result=result)
-            state.request_done(request_id, result, self.clock())
+            state.control.request_done(request_id, result, self.clock())
 
     def _answer_reload(self) -> None:
         """SIGHUP: settings are read once, so a reload is refused; say whether the file on

@@ -16,6 +16,29 @@ UPLOADED = "uploaded"
 FAILED = "failed"
 SESSION_STATES = (WAITING, READY, UPLOADING, UPLOADED, FAILED)
 
+# The life cycle as data: every move a session may make, and why. A session is created
+# `waiting`; the state store refuses any move not listed here (`StateError`).
+TRANSITIONS: dict[tuple[str, str], str] = {
+    (WAITING, WAITING): "still incomplete, for a new reason or recheck time",
+    (WAITING, READY): "judged complete",
+    (READY, WAITING): "changed before its upload began",
+    (READY, UPLOADING): "upload started",
+    (UPLOADING, UPLOADED): "every file and the manifest are in S3",
+    (UPLOADING, FAILED): "an upload error; retried after a delay",
+    (UPLOADING, READY): "interrupted (stop, pause, restart); resumes",
+    (UPLOADING, WAITING): "a file changed during the upload",
+    (UPLOADED, READY): "a change observed, and already complete again",
+    (UPLOADED, WAITING): "a change observed (new or changed file)",
+    (FAILED, UPLOADING): "its retry time came",
+    (FAILED, READY): "retry requested, or a change observed and complete",
+    (FAILED, WAITING): "a change observed",
+}
+
+
+def may_move(old: str, new: str) -> bool:
+    """Whether the life cycle allows a session in `old` to move to `new`."""
+    return (old, new) in TRANSITIONS
+
 
 @dataclass(frozen=True)
 class Rule:

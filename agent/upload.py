@@ -48,7 +48,7 @@ from agent.planning import (
     plan_parts,
 )
 from agent.scan import check_unchanged, open_source
-from agent.state import FileRecord, PartRecord, SessionRecord, State, UploadRecord
+from agent.state import FileRecord, Ledger, PartRecord, SessionRecord, UploadRecord
 from agent.throttle import Interrupted
 from agent.transfer import (
     AGENT_METADATA_MARK,
@@ -136,18 +136,18 @@ def _now_iso(now: float) -> str:
 
 
 class SessionUploader:
-    """Uploads sessions for one agent: its settings, state database and S3 store."""
+    """Uploads sessions for one agent: its settings, upload ledger and S3 store."""
 
     def __init__(
         self,
         settings: Settings,
-        state: State,
+        ledger: Ledger,
         store: S3Store,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.state = state
+        self.ledger = ledger
         self.store = store
         self.clock = clock
         self.algorithm = settings.destination.checksum
@@ -180,12 +180,12 @@ class SessionUploader:
         files that changed while being read are listed in `changed` and left pending.
         """
         outcome = UploadOutcome()
-        pending = self.state.pending_files(session.id)
+        pending = self.ledger.pending_files(session.id)
         remote_sizes = self._remote_sizes(session, pending)
         small: list[FileRecord] = []
         large: list[FileRecord] = []
         for record in pending:
-            upload = self.state.upload_for(session.id, record.rel_path)
+            upload = self.ledger.upload_for(session.id, record.rel_path)
             if (
                 upload is None
                 and remote_sizes.get(record.key) == record.size
@@ -246,7 +246,7 @@ class SessionUploader:
             outcome.interrupted = True
         if outcome.errors or outcome.interrupted or outcome.changed:
             return outcome
-        if self.state.pending_files(session.id):
+        if self.ledger.pending_files(session.id):
             # A file appeared or changed after we started: the next pass picks it up.
             outcome.changed.append("(new files)")
             return outcome
@@ -282,7 +282,7 @@ class SessionUploader:
         match = _local_matches(path, record, info, self.algorithm)
         if match is None:
             return False
-        self.state.file_uploaded(
+        self.ledger.file_uploaded(
             record,
             checksum=match,
             checksum_algorithm=self.algorithm,
@@ -376,7 +376,7 @@ class SessionUploader:
     def _open_upload(self, record: FileRecord) -> UploadRecord:
         """The upload to continue for this file: the recorded one if the server still knows
         it and it is for this version of the file; otherwise a new one, recorded at once."""
-        upload = self.state.upload_for(record.session_id, record.rel_path)
+        upload = self.ledger.upload_for(record.session_id, record.rel_path)
         if upload is not None and (upload.size, upload.mtime_ns) != (record.size, record.mtime_ns):
             reason = _growing_mismatch(upload, record)
             if upload.growing and reason is None:
@@ -391,7 +391,7 @@ class SessionUploader:
                     reason=reason or "file changed since it started",
                 )
                 self.store.abort_multipart(upload.key, upload.upload_id)
-                self.state.upload_finished(upload.upload_id)
+                self.ledger.upload_finished(upload.upload_id)
                 upload = None
         if upload is not None:
             try:
@@ -408,7 +408,7 @@ class SessionUploader:
                         key=upload.key,
                         upload_id=upload.upload_id,
                     )
-                    self.state.upload_finished(upload.upload_id)
+                    self.ledger.upload_finished(upload.upload_id)
                     upload = None
                 else:
                     # Every part recorded: Complete may already have happened.
@@ -424,8 +424,8 @@ class SessionUploader:
                         upload_id=upload.upload_id,
                         parts=[p.number for p in lost],
                     )
-                    self.state.forget_parts(upload.upload_id, [p.number for p in lost])
-                    upload = self.state.upload_for(record.session_id, record.rel_path)
+                    self.ledger.forget_parts(upload.upload_id, [p.number for p in lost])
+                    upload = self.ledger.upload_for(record.session_id, record.rel_path)
         if upload is not None:
             log.info(
                 "upload_resumed",
@@ -449,7 +449,7 @@ class SessionUploader:
             metadata=self._object_metadata(record, **{"agent-part-size": str(part_size)}),
             checksum_algorithm=self.algorithm if self.send_checksums else None,
         )
-        self.state.upload_started(
+        self.ledger.upload_started(
             upload_id=upload_id,
             record=record,
             part_size=part_size,
@@ -457,7 +457,7 @@ class SessionUploader:
             now=self.clock(),
             growing=growing,
         )
-        fresh = self.state.upload_for(record.session_id, record.rel_path)
+        fresh = self.ledger.upload_for(record.session_id, record.rel_path)
         assert fresh is not None
         return fresh
 
@@ -535,7 +535,7 @@ class SessionUploader:
             reason="bytes already sent changed: the file was rewritten, not appended to",
         )
         self.store.abort_multipart(upload.key, upload.upload_id)
-        self.state.upload_finished(upload.upload_id)
+        self.ledger.upload_finished(upload.upload_id)
 
     # --- growing files ------------------------------------------------------------------------
 
@@ -547,7 +547,7 @@ class SessionUploader:
         lock = threading.Lock()
         candidates = [
             record
-            for record in self.state.pending_files(session.id)
+            for record in self.ledger.pending_files(session.id)
             if record.size >= 2 * part_size
         ]
         if not candidates:
@@ -588,7 +588,7 @@ class SessionUploader:
         self, session: SessionRecord, record: FileRecord, part_size: int
     ) -> Iterator[_Unit]:
         path = Path(session.path) / record.rel_path
-        upload = self.state.upload_for(record.session_id, record.rel_path)
+        upload = self.ledger.upload_for(record.session_id, record.rel_path)
         if upload is not None and not upload.growing:
             return  # an ordinary upload of an earlier version is the final pass's business
         # Opened first, and sized from its own descriptor: the bytes sent below come from the
@@ -648,7 +648,7 @@ class SessionUploader:
         etag = self.store.upload_part(
             unit.record.key, job.upload_id, part.number, unit.data, self._header(unit.part_checksum)
         )
-        self.state.part_finished(
+        self.ledger.part_finished(
             job.upload_id,
             PartRecord(part.number, etag, unit.part_checksum, part.length, unit.running_checksum),
         )
@@ -680,7 +680,7 @@ class SessionUploader:
             etag = self._settle_existing(record, unit, metadata)
         path = Path(session.path) / record.rel_path
         self._check_unchanged(path, record)
-        self.state.file_uploaded(
+        self.ledger.file_uploaded(
             record,
             checksum=unit.checksum,
             checksum_algorithm=self.algorithm,
@@ -720,14 +720,14 @@ class SessionUploader:
 
     def _complete(self, session: SessionRecord, job: _MultipartJob) -> None:
         record = job.record
-        upload = self.state.upload_for(record.session_id, record.rel_path)
+        upload = self.ledger.upload_for(record.session_id, record.rel_path)
         assert upload is not None and upload.upload_id == job.upload_id
         try:
             self._check_unchanged(job.path, record)
         except FileChangedError:
             log.warning("file_changed_during_upload", session=session.id, file=record.rel_path)
             self.store.abort_multipart(upload.key, upload.upload_id)
-            self.state.upload_finished(upload.upload_id)
+            self.ledger.upload_finished(upload.upload_id)
             raise
         parts = [(p.number, p.etag, self._header(p.checksum)) for p in upload.parts]
         expected_etag = multipart_etag(p.etag for p in upload.parts)
@@ -738,7 +738,7 @@ class SessionUploader:
             # servers: the object itself settles whether the first one worked.
             info = self.store.head(upload.key)
             if info is None or info.size != record.size or info.etag != expected_etag:
-                self.state.upload_finished(upload.upload_id)
+                self.ledger.upload_finished(upload.upload_id)
                 raise RetryableTransferError(
                     "CompleteMultipartUpload",
                     upload.key,
@@ -747,7 +747,7 @@ class SessionUploader:
             etag = info.etag
         assert job.checksum is not None
         self._tag_checksum(upload.key, job.checksum)
-        self.state.file_uploaded(
+        self.ledger.file_uploaded(
             record,
             checksum=job.checksum,
             checksum_algorithm=self.algorithm,
@@ -791,12 +791,12 @@ class SessionUploader:
                 "checksum": f.checksum,
                 "etag": f.etag,
             }
-            for f in self.state.files_of(session.id)
+            for f in self.ledger.files_of(session.id)
             if f.state == "uploaded"
         ]
         refused = [
             {"path": f.rel_path, "reason": f.error}
-            for f in self.state.files_of(session.id)
+            for f in self.ledger.files_of(session.id)
             if f.state == "refused"
         ]
         revision = session.manifest_revision + 1
@@ -826,7 +826,7 @@ class SessionUploader:
             },
             content_type="application/json",
         )
-        self.state.manifest_written(session.id, key=key, revision=revision, now=now)
+        self.ledger.manifest_written(session.id, key=key, revision=revision, now=now)
         log.info(
             "manifest_written", session=session.id, key=key, revision=revision, files=len(files)
         )

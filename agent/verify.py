@@ -55,7 +55,9 @@ def verify_session(
     """Given a session, compare its uploaded files and manifest in S3 with the database and
     the local files; return every difference found."""
     check = SessionCheck(session.id)
-    uploaded = [record for record in state.files_of(session.id) if record.uploaded_size is not None]
+    uploaded = [
+        record for record in state.ledger.files_of(session.id) if record.uploaded_size is not None
+    ]
     for record in uploaded:
         on_file(record.rel_path)
         check.files += 1

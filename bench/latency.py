@@ -92,7 +92,7 @@ def main() -> int:
             def uploaded(session_id: str = session_id) -> Any:
                 state = State.open(database, create=False)
                 try:
-                    record = state.get_session(session_id)
+                    record = state.sessions.get(session_id)
                 finally:
                     state.close()
                 return record if record and record.uploaded_at else None

@@ -28,7 +28,7 @@ from agent.state import State
 def build(state: State, sessions: int, per_session: int, now: float) -> None:
     """Fill the database with realistic rows, fast (one transaction, executemany)."""
     states = ["uploaded"] * 90 + ["ready"] * 4 + ["waiting"] * 4 + ["failed"] * 2
-    connection = state._connection
+    connection = state.database.connection
     session_rows = []
     file_rows = []
     for number in range(sessions):
@@ -81,7 +81,7 @@ def build(state: State, sessions: int, per_session: int, now: float) -> None:
                uploaded_at) values (?, ?, ?, ?, ?, ?, ?, ?)""",
             file_rows,
         )
-    state.beat(pid=1, hostname="bench", started_at=now - 7200, now=now, status="bench")
+    state.control.beat(pid=1, hostname="bench", started_at=now - 7200, now=now, status="bench")
 
 
 def timed(action: object, repeat: int) -> list[float]:

@@ -89,17 +89,17 @@ def test_file_swapped_for_symlink_after_scan_is_never_read(
     assert outcome.changed == ["continuous.bin"]
     for key, body in bucket_bodies(client, rig.bucket).items():
         assert secret[:4096] not in body, f"outside bytes reached {key}"
-    assert all(upload.parts == () for upload in state.all_uploads()), (
+    assert all(upload.parts == () for upload in state.ledger.all_uploads()), (
         "no part of the outside file may be sent"
     )
-    session_row = state.get_session("ephys/mouse1/s1")
+    session_row = state.sessions.get("ephys/mouse1/s1")
     assert session_row is not None and session_row.state == "waiting"
-    (row,) = [f for f in state.files_of("ephys/mouse1/s1") if f.rel_path == "continuous.bin"]
+    (row,) = [f for f in state.ledger.files_of("ephys/mouse1/s1") if f.rel_path == "continuous.bin"]
     assert row.state != "uploaded" and row.uploaded_size is None
 
     # The rescan sees the symlink for what it is, and the session completes without it.
     ingest.reconcile()
-    (row,) = [f for f in state.files_of("ephys/mouse1/s1") if f.rel_path == "continuous.bin"]
+    (row,) = [f for f in state.ledger.files_of("ephys/mouse1/s1") if f.rel_path == "continuous.bin"]
     assert (row.state, row.error) == ("refused", "symbolic link: not followed")
     time.sleep(1.2)  # the rig's quiet period restarts with the change
     ingest.recheck_waiting()
@@ -160,7 +160,7 @@ def test_verify_does_not_read_through_a_symlink(
     assert ingest.upload(record).complete
     swap_for_symlink(target, outside)
 
-    uploaded = state.get_session("ephys/mouse3/s1")
+    uploaded = state.sessions.get("ephys/mouse3/s1")
     assert uploaded is not None
     check = verify_session(state, ingest.store, uploaded)
     assert check.bytes_read == 0  # the outside file was not read

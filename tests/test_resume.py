@@ -56,9 +56,9 @@ def assert_landed(rig: Rig, client: Any, data: bytes, name: str = "mouse1/s1") -
     assert client.list_multipart_uploads(Bucket=rig.bucket).get("Uploads", []) == []
     state = State.open(rig.settings().state_db_path)
     try:
-        record = state.get_session(f"ephys/{name}")
+        record = state.sessions.get(f"ephys/{name}")
         assert record is not None and record.state == "uploaded"
-        assert state.all_uploads() == []
+        assert state.ledger.all_uploads() == []
     finally:
         state.close()
 
@@ -66,7 +66,7 @@ def assert_landed(rig: Rig, client: Any, data: bytes, name: str = "mouse1/s1") -
 def recorded_parts(rig: Rig) -> set[int]:
     state = State.open(rig.settings().state_db_path)
     try:
-        return {part.number for upload in state.all_uploads() for part in upload.parts}
+        return {part.number for upload in state.ledger.all_uploads() for part in upload.parts}
     finally:
         state.close()
 

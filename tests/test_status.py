@@ -49,7 +49,7 @@ def add_session(
 ) -> None:
     source, _, rel_path = session_id.partition("/")
     files = tuple(FileStat(f"f{i}.bin", size, int(at * 1e9), i + 1) for i, size in enumerate(sizes))
-    state.observe_session(
+    state.sessions.observe(
         session_id=session_id,
         source=source,
         rel_path=rel_path,
@@ -62,16 +62,20 @@ def add_session(
         metadata={},
         now=at,
     )
-    if state_name != "waiting":
-        state.set_session_state(session_id, state_name, completed_at=at)
+    # Along the life cycle's own moves: the store refuses a jump such as waiting → uploaded.
+    path = {"ready": 1, "uploading": 2, "uploaded": 3, "failed": 3}.get(state_name, 0)
+    for step in ("ready", "uploading", state_name)[:path]:
+        state.sessions.move(session_id, step, completed_at=at)
     if state_name == "uploaded":
-        for record in state.files_of(session_id):
-            state.file_uploaded(record, checksum="c", checksum_algorithm="crc32c", etag="e", now=at)
+        for record in state.ledger.files_of(session_id):
+            state.ledger.file_uploaded(
+                record, checksum="c", checksum_algorithm="crc32c", etag="e", now=at
+            )
 
 
 def beat(state: State, *, started_at: float, now: float, rate: float = 0.0) -> None:
     # The daemon's pid is this test's own: alive, on this host.
-    state.beat(
+    state.control.beat(
         pid=os.getpid(),
         hostname=socket.gethostname(),
         started_at=started_at,
@@ -181,7 +185,7 @@ def test_report_counts_per_source_oldest_sessions_rate_and_eta(
     add_session(state, "ephys/m1/s2", state_name="ready", at=NOW - 600, sizes=(1000, 1000))
     add_session(state, "lost/m9/s1", state_name="uploaded", at=NOW - 99 * HOUR)
     beat(state, started_at=NOW - HOUR, now=NOW - 1, rate=100.0)
-    state.acknowledged_at = None
+    state.ledger.acknowledged_at = None
 
     report = status_report(settings, state, NOW)
 
@@ -231,8 +235,10 @@ def test_report_takes_the_last_finished_file_as_the_last_upload(
     beat(state, started_at=NOW - 5 * HOUR, now=NOW - 1)
     assert status_report(settings, state, NOW)["state"] == "warning"
 
-    first = state.files_of("ephys/m1/s1")[0]
-    state.file_uploaded(first, checksum="x", checksum_algorithm="crc32c", etag='"e"', now=NOW - 60)
+    first = state.ledger.files_of("ephys/m1/s1")[0]
+    state.ledger.file_uploaded(
+        first, checksum="x", checksum_algorithm="crc32c", etag='"e"', now=NOW - 60
+    )
     report = status_report(settings, state, NOW)
 
     assert report["state"] == "ok"

@@ -208,7 +208,7 @@ def test_status_json_fields_and_stale_heartbeat(make_rig: Callable[..., Rig]) ->
     assert {k: status["backlog"][k] for k in ("files", "bytes")} == {"files": 0, "bytes": 0}
 
     state = State.open(rig.settings().state_db_path)
-    state.beat(
+    state.control.beat(
         pid=4242, hostname="rig", started_at=time.time() - 500, now=time.time() - 300, status="old"
     )
     state.close()
@@ -218,7 +218,9 @@ def test_status_json_fields_and_stale_heartbeat(make_rig: Callable[..., Rig]) ->
     assert json.loads(stale.stdout)["daemon"]["running"] is False
 
     state = State.open(rig.settings().state_db_path)
-    state.beat(pid=4242, hostname="rig", started_at=time.time(), now=time.time(), status="ok")
+    state.control.beat(
+        pid=4242, hostname="rig", started_at=time.time(), now=time.time(), status="ok"
+    )
     state.close()
     fresh = rig.agentctl("status")
     assert fresh.returncode == 0, fresh.stdout

@@ -1,0 +1,107 @@
+"""The connection: opening the database file, migrating it, one lock and one way to write.
+
+WAL mode lets `agentctl` read while the daemon writes. Every write goes through
+`Database.transaction` (BEGIN IMMEDIATE ... COMMIT), so each step of an upload is durable
+when the call returns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from agent.errors import StateError
+from agent.state.schema import MIGRATIONS
+
+BUSY_TIMEOUT_MS = 10_000
+
+
+class Database:
+    """One SQLite connection shared by the stores, behind one re-entrant lock."""
+
+    def __init__(self, connection: sqlite3.Connection, path: Path) -> None:
+        self.path = path
+        self.connection = connection
+        self.db = sqlite_utils.Database(connection)
+        self.lock = threading.RLock()
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = True) -> Database:
+        """Open (and with `create`, create and migrate) the database at `path`.
+
+        Raise StateError if it cannot be opened, or does not exist and `create` is False.
+        """
+        if not create and not path.exists():
+            raise StateError(f"no state database at {path}; has the agent run yet?")
+        try:
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            connection = sqlite3.connect(
+                str(path) if create else f"file:{path}?mode=rw",
+                uri=not create,
+                check_same_thread=False,
+                timeout=BUSY_TIMEOUT_MS / 1000,
+            )
+            # busy_timeout before WAL: switching modes itself may wait for a lock.
+            connection.execute(f"pragma busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("pragma journal_mode = wal")
+            connection.execute("pragma synchronous = normal")
+            connection.execute("pragma foreign_keys = on")
+        except (sqlite3.Error, OSError) as error:
+            raise StateError(f"cannot open state database {path}: {error}") from error
+        database = cls(connection, path)
+        database.migrate(allowed=create)
+        return database
+
+    def close(self) -> None:
+        """Close the connection."""
+        with self.lock:
+            self.connection.close()
+
+    def migrate(self, *, allowed: bool) -> None:
+        """Bring the schema up to date; refuse a newer schema, or any change if not `allowed`."""
+        version = self.connection.execute("pragma user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StateError(
+                f"{self.path} was written by a newer agent (schema {version}); upgrade the agent"
+            )
+        if version == len(MIGRATIONS):
+            return
+        if not allowed:
+            raise StateError(f"{self.path} needs migrating; start the daemon once to do it")
+        with self.transaction():
+            # Read again under the write lock: another process may have migrated meanwhile.
+            version = self.connection.execute("pragma user_version").fetchone()[0]
+            for number in range(version, len(MIGRATIONS)):
+                MIGRATIONS[number](self.db)
+            self.connection.execute(f"pragma user_version = {len(MIGRATIONS)}")
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Hold the lock and one write transaction; commit on success, roll back on error."""
+        with self.lock:
+            try:
+                self.connection.execute("begin immediate")
+                yield
+                self.connection.execute("commit")
+            except BaseException:
+                # SQLite may already have rolled back (a full disk does): rolling back again
+                # would raise "no transaction is active" and hide the real error.
+                if self.connection.in_transaction:
+                    self.connection.execute("rollback")
+                raise
+
+    def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
+        """Every row of a query, as dicts, read under the lock."""
+        with self.lock:
+            return list(self.db.query(sql, params or []))
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        """Run one statement on the connection (inside a caller's transaction for writes)."""
+        return self.connection.execute(sql, params)

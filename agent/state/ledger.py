@@ -1,0 +1,266 @@
+"""The upload ledger: which files still need sending, which are in S3, and every multipart
+upload the agent started with the parts the server acknowledged.
+
+The engine (agent/upload.py) depends only on the `Ledger` protocol; `SqliteLedger` is the
+durable one. tests/fakes.py holds an in-memory one, and tests/test_ledger.py runs the same
+conformance tests on both.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Protocol
+
+from agent.state.db import Database
+from agent.state.records import (
+    DONE,
+    MISSING,
+    PENDING,
+    FileRecord,
+    PartRecord,
+    UploadRecord,
+    file_from_row,
+)
+from agent.state.session_store import SessionStore
+
+
+class Ledger(Protocol):
+    """What the engine reads and records while it uploads a session."""
+
+    acknowledged_at: float | None
+
+    def files_of(self, session_id: str) -> list[FileRecord]:
+        """Every file of a session, by path."""
+
+    def pending_files(self, session_id: str) -> list[FileRecord]:
+        """Files of a session that still need sending, by path."""
+
+    def file_uploaded(
+        self,
+        record: FileRecord,
+        *,
+        checksum: str,
+        checksum_algorithm: str,
+        etag: str,
+        now: float,
+        finished_upload_id: str | None = None,
+    ) -> None:
+        """This exact version (size, mtime) of the file is in S3; forget the multipart upload
+        that carried it, in the same step. A newer version seen meanwhile stays pending, and a
+        file the scan found gone meanwhile stays missing."""
+
+    def upload_started(
+        self,
+        *,
+        upload_id: str,
+        record: FileRecord,
+        part_size: int,
+        checksum_algorithm: str | None,
+        now: float,
+        growing: bool = False,
+    ) -> None:
+        """A multipart upload was created for this file (recorded before any part is sent)."""
+
+    def part_finished(self, upload_id: str, part: PartRecord) -> None:
+        """The server acknowledged one part."""
+
+    def upload_for(self, session_id: str, rel_path: str) -> UploadRecord | None:
+        """The newest multipart upload in progress for this file, with its parts, or None."""
+
+    def all_uploads(self) -> list[UploadRecord]:
+        """Every multipart upload in progress, oldest first."""
+
+    def upload_finished(self, upload_id: str) -> None:
+        """Forget a multipart upload (completed or aborted) and its parts."""
+
+    def forget_parts(self, upload_id: str, numbers: list[int]) -> None:
+        """Forget parts the server does not hold after all, so they are sent again."""
+
+    def manifest_written(self, session_id: str, *, key: str, revision: int, now: float) -> None:
+        """The session's manifest is in S3: the session is uploaded."""
+
+
+def _weight(state: str | None, size: int) -> tuple[int, int, int, int, int]:
+    """What one file row adds to its session's totals: (files, bytes, uploaded bytes,
+    pending files, pending bytes); missing files count for nothing."""
+    if state is None or state == MISSING:
+        return (0, 0, 0, 0, 0)
+    return (
+        1,
+        size,
+        size if state == DONE else 0,
+        1 if state == PENDING else 0,
+        size if state == PENDING else 0,
+    )
+
+
+class SqliteLedger:
+    """The ledger in the state database (tables `files`, `uploads`, `parts`)."""
+
+    def __init__(self, database: Database, sessions: SessionStore) -> None:
+        self._database = database
+        self._sessions = sessions
+        # When this process last had S3 acknowledge a part or a whole file (the daemon puts
+        # it in its heartbeat, so `status` can tell a slow upload from a stalled one).
+        self.acknowledged_at: float | None = None
+
+    def files_of(self, session_id: str) -> list[FileRecord]:
+        rows = self._database.rows(
+            "select * from files where session_id = ? order by rel_path", [session_id]
+        )
+        return [file_from_row(row) for row in rows]
+
+    def pending_files(self, session_id: str) -> list[FileRecord]:
+        rows = self._database.rows(
+            "select * from files where session_id = ? and state = 'pending' order by rel_path",
+            [session_id],
+        )
+        return [file_from_row(row) for row in rows]
+
+    def file_uploaded(
+        self,
+        record: FileRecord,
+        *,
+        checksum: str,
+        checksum_algorithm: str,
+        etag: str,
+        now: float,
+        finished_upload_id: str | None = None,
+    ) -> None:
+        self.acknowledged_at = now
+        where = [record.session_id, record.rel_path]
+        with self._database.transaction():
+            before = self._database.rows(
+                "select state, size from files where session_id = ? and rel_path = ?", where
+            )
+            self._database.execute(
+                """update files set state = case when state = 'pending' and size = ? and
+                   mtime_ns = ? then 'uploaded' else state end, checksum = ?, checksum_algorithm = ?, etag = ?,
+                   uploaded_size = ?, uploaded_mtime_ns = ?, uploaded_at = ?, error = null
+                   where session_id = ? and rel_path = ?""",
+                [
+                    record.size,
+                    record.mtime_ns,
+                    checksum,
+                    checksum_algorithm,
+                    etag,
+                    record.size,
+                    record.mtime_ns,
+                    now,
+                    *where,
+                ],
+            )
+            if finished_upload_id is not None:
+                self._forget_upload(finished_upload_id)
+            if before:
+                # The session's totals change by this one row's difference: recounting every
+                # row of the session here made each file cost more the larger its session.
+                old = _weight(before[0]["state"], before[0]["size"])
+                after = self._database.rows(
+                    "select state, size from files where session_id = ? and rel_path = ?", where
+                )
+                new = _weight(after[0]["state"], after[0]["size"])
+                delta = [n - o for n, o in zip(new, old, strict=True)]
+                if any(delta):
+                    self._database.execute(
+                        """update sessions set files = files + ?, bytes = bytes + ?,
+                           uploaded_bytes = uploaded_bytes + ?, pending_files = pending_files + ?,
+                           pending_bytes = pending_bytes + ? where id = ?""",
+                        [*delta, record.session_id],
+                    )
+
+    def upload_started(
+        self,
+        *,
+        upload_id: str,
+        record: FileRecord,
+        part_size: int,
+        checksum_algorithm: str | None,
+        now: float,
+        growing: bool = False,
+    ) -> None:
+        with self._database.transaction():
+            self._database.db.table("uploads").insert(
+                {
+                    "upload_id": upload_id,
+                    "session_id": record.session_id,
+                    "rel_path": record.rel_path,
+                    "key": record.key,
+                    "part_size": part_size,
+                    "size": record.size,
+                    "mtime_ns": record.mtime_ns,
+                    "checksum_algorithm": checksum_algorithm,
+                    "created_at": now,
+                    "growing": int(growing),
+                    "inode": record.inode,
+                }
+            )
+
+    def part_finished(self, upload_id: str, part: PartRecord) -> None:
+        self.acknowledged_at = time.time()
+        with self._database.transaction():
+            self._database.db.table("parts").upsert(
+                {
+                    "upload_id": upload_id,
+                    "number": part.number,
+                    "etag": part.etag,
+                    "checksum": part.checksum,
+                    "size": part.size,
+                    "running_checksum": part.running_checksum,
+                },
+                pk=("upload_id", "number"),
+            )
+
+    def upload_for(self, session_id: str, rel_path: str) -> UploadRecord | None:
+        with self._database.lock:
+            rows = self._database.rows(
+                "select * from uploads where session_id = ? and rel_path = ? "
+                "order by created_at desc limit 1",
+                [session_id, rel_path],
+            )
+            return self._upload_from_row(rows[0]) if rows else None
+
+    def all_uploads(self) -> list[UploadRecord]:
+        with self._database.lock:
+            rows = self._database.rows("select * from uploads order by created_at")
+            return [self._upload_from_row(row) for row in rows]
+
+    def _upload_from_row(self, row: dict[str, Any]) -> UploadRecord:
+        parts = tuple(
+            PartRecord(p["number"], p["etag"], p["checksum"], p["size"], p["running_checksum"])
+            for p in self._database.rows(
+                "select * from parts where upload_id = ? order by number", [row["upload_id"]]
+            )
+        )
+        return UploadRecord(
+            upload_id=row["upload_id"],
+            session_id=row["session_id"],
+            rel_path=row["rel_path"],
+            key=row["key"],
+            part_size=row["part_size"],
+            size=row["size"],
+            mtime_ns=row["mtime_ns"],
+            checksum_algorithm=row["checksum_algorithm"],
+            created_at=row["created_at"],
+            parts=parts,
+            growing=bool(row.get("growing")),
+            inode=row.get("inode"),
+        )
+
+    def upload_finished(self, upload_id: str) -> None:
+        with self._database.transaction():
+            self._forget_upload(upload_id)
+
+    def _forget_upload(self, upload_id: str) -> None:
+        self._database.execute("delete from parts where upload_id = ?", [upload_id])
+        self._database.execute("delete from uploads where upload_id = ?", [upload_id])
+
+    def forget_parts(self, upload_id: str, numbers: list[int]) -> None:
+        with self._database.transaction():
+            self._database.connection.executemany(
+                "delete from parts where upload_id = ? and number = ?",
+                [(upload_id, number) for number in numbers],
+            )
+
+    def manifest_written(self, session_id: str, *, key: str, revision: int, now: float) -> None:
+        self._sessions.uploaded(session_id, key=key, revision=revision, now=now)
