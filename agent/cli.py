@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from agent import __version__, health, lock, logs
+from agent.actions import control
+from agent.actions.control import live_daemon
 from agent.config import (
     DestinationSettings,
     Settings,
@@ -26,9 +28,9 @@ from agent.config import (
 )
 from agent.errors import ConfigError, StateError, TransferError
 from agent.redact import SECRETS, redact
-from agent.report import HOOK_FLAG, status_lines, status_report, unknown_report
+from agent.report import status_lines, status_report, unknown_report
 from agent.sessions import SESSION_STATES
-from agent.state import Heartbeat, SessionRecord, State
+from agent.state import SessionRecord, State
 from agent.throttle import limit_at
 from agent.units import human_bytes, iso
 
@@ -70,23 +72,6 @@ def _print_config_error(error: ConfigError) -> None:
 
 def _settings(arguments: argparse.Namespace) -> Settings:
     return load_settings(Path(arguments.config))
-
-
-def _live_daemon(settings: Settings, state: State) -> Heartbeat | None:
-    """The heartbeat of a daemon that is running now, or None."""
-    heartbeat = state.control.heartbeat()
-    if heartbeat is None:
-        return None
-    verdict = health.assess(
-        heartbeat,
-        {},
-        0,
-        None,
-        time.time(),
-        settings.agent.heartbeat_stale,
-        health.process_alive(heartbeat),
-    )
-    return heartbeat if verdict.daemon_running else None
 
 
 # --- commands -----------------------------------------------------------------------------
@@ -136,13 +121,10 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
 def _sync(settings: Settings, as_json: bool) -> int:
     # Imported here: `status`, run every minute by monitoring, must not pay for boto3.
     from agent import progress  # noqa: PLC0415
-    from agent.hooks import Hooks  # noqa: PLC0415
-    from agent.ingest import Ingest, log_retry  # noqa: PLC0415
-    from agent.transfer import store_from_settings  # noqa: PLC0415
+    from agent.actions.sync import SyncPass  # noqa: PLC0415
 
-    state = State.open(settings.state_db_path)
-    try:
-        heartbeat = _live_daemon(settings, state)
+    with State.open(settings.state_db_path) as state:
+        heartbeat = live_daemon(settings, state)
         if heartbeat is not None:
             print(
                 f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
@@ -150,28 +132,11 @@ def _sync(settings: Settings, as_json: bool) -> int:
                 file=sys.stderr,
             )
             return EXIT_FAILED
-        store = store_from_settings(settings.destination, settings.upload, on_retry=log_retry)
-        # A one-off pass keeps to the bandwidth of the time window it starts in; a paused
-        # window does not stop it (the operator asked for it).
-        limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
-        store.limiter.set_rate(limit.max_bandwidth)
-        hooks = Hooks(
-            settings, lambda failure: state.control.set_flag(HOOK_FLAG, failure, time.time())
-        )
-
-        def on_outcome(record: SessionRecord, outcome: Any, _seconds: float) -> None:
-            if outcome.complete:
-                hooks.session_uploaded(record, outcome.manifest_key)
-
-        ingest = Ingest(settings, state, store, on_outcome=on_outcome)
-        started = time.monotonic()
-        ingest.reconcile()
-        try:
-            ingest.recover()
-        except TransferError as error:
+        run = SyncPass(settings, state)
+        due = run.start()
+        if run.summary.recovery_error is not None:
             # Each session's upload will meet the same problem and record it as its reason.
-            print(f"recovery skipped: {redact(str(error))}", file=sys.stderr)
-        due = ingest.due_sessions()
+            print(f"recovery skipped: {redact(str(run.summary.recovery_error))}", file=sys.stderr)
         pending = [item for record in due for item in state.ledger.pending_files(record.id)]
         totals = progress.Totals(len(pending), sum(item.size for item in pending))
         view = progress.view_for(sys.stderr, as_json=as_json)
@@ -180,76 +145,54 @@ def _sync(settings: Settings, as_json: bool) -> int:
             logs.configure(
                 settings.agent.log_level, view.log_stream(), target=settings.agent.log_target
             )
-        measure = progress.Measure(state.queries.backlog, lambda: store.limiter.taken)
-        files = size = 0
-        failed: list[str] = []
-        uploaded: list[str] = []
+        measure = progress.Measure(state.queries.backlog, lambda: run.store.limiter.taken)
         with progress.SyncProgress(totals, measure, view) as shown:
             for record in due:
                 shown.session = record.id
-                outcome = ingest.upload(record)
+                run.upload(record)
                 logs.flush_repeats()  # summaries as windows end, not all at exit
-                files += outcome.files_sent
-                size += outcome.bytes_sent
-                if outcome.complete:
-                    uploaded.append(record.id)
-                elif outcome.errors:
-                    failed.append(record.id)
-                # else: a file changed while being sent; the session waits to be quiet again.
-        waiting = len(state.sessions.in_states(("waiting",)))
-        seconds = max(time.monotonic() - started, 1e-6)
-        # A one-off run lets its hooks finish (each is killed at its own timeout).
-        hooks.wait(settings.hooks.timeout * (len(uploaded) + 1))
-    finally:
-        state.close()
+        result = run.finish()
+    files, size, seconds = result.files, result.bytes, result.seconds
     summary = {
-        "sessions_uploaded": len(uploaded),
-        "sessions_failed": len(failed),
-        "sessions_waiting": waiting,
+        "sessions_uploaded": len(result.uploaded),
+        "sessions_failed": len(result.failed),
+        "sessions_waiting": result.waiting,
         "files": files,
         "bytes": size,
         "seconds": round(seconds, 3),
         "mb_per_s": round(size / seconds / 1e6, 2),
         "files_per_s": round(files / seconds, 2),
-        "failed": failed,
+        "failed": result.failed,
     }
     if as_json:
         print(json.dumps(summary))
     else:
         print(
-            f"uploaded {len(uploaded)} session(s), {files} file(s), {human_bytes(size)} in "
-            f"{seconds:.1f}s ({summary['mb_per_s']} MB/s, {summary['files_per_s']} files/s); "
-            f"{waiting} session(s) still waiting; {len(failed)} failed"
+            f"uploaded {len(result.uploaded)} session(s), {files} file(s), {human_bytes(size)} "
+            f"in {seconds:.1f}s ({summary['mb_per_s']} MB/s, {summary['files_per_s']} files/s); "
+            f"{result.waiting} session(s) still waiting; {len(result.failed)} failed"
         )
-        for session_id in failed:
+        for session_id in result.failed:
             print(f"  failed: {session_id}")
-    return EXIT_FAILED if failed else EXIT_OK
+    return EXIT_FAILED if result.failed else EXIT_OK
 
 
 def _sync_dry_run(settings: Settings, as_json: bool) -> int:
-    from agent.ingest import plan_sync  # noqa: PLC0415 - see _sync
+    from agent.actions.plan import plan  # noqa: PLC0415 - see _sync
 
-    # The database is only read, and only if it exists: a dry run creates nothing.
-    state: State | None = None
-    if settings.state_db_path.exists():
-        state = State.open(settings.state_db_path, create=False)
-    try:
-        planned = plan_sync(settings, state, time.time())
-    finally:
-        if state is not None:
-            state.close()
     rows: list[dict[str, Any]] = [
         {
-            "id": p.record.id,
-            "ready": p.verdict.ready,
-            "reason": p.verdict.reason,
+            "id": p.id,
+            "state": p.state,
+            "ready": p.ready,
+            "reason": p.reason,
             "files": p.files,
             "bytes": p.bytes,
-            "key_prefix": p.record.key_prefix,
+            "key_prefix": p.key_prefix,
             "keys": list(p.keys),
             "refused": [{"path": path, "reason": reason} for path, reason in p.refused],
         }
-        for p in planned
+        for p in plan(settings, time.time())
     ]
     if as_json:
         print(json.dumps(rows))
@@ -264,7 +207,13 @@ def _sync_dry_run(settings: Settings, as_json: bool) -> int:
         f"{files_total} file(s), {human_bytes(bytes_total)}"
     )
     for row in rows:
-        verdict = "ready" if row["ready"] else f"not ready ({row['reason']})"
+        verdict = (
+            "ready"
+            if row["ready"]
+            else "uploaded, nothing new"
+            if row["state"] == "uploaded"
+            else f"not ready ({row['reason']})"
+        )
         print(
             f"  {row['id']}: {row['files']} file(s), {human_bytes(int(row['bytes']))} -> "
             f"s3://{settings.destination.bucket}/{row['key_prefix']}/  [{verdict}]"
@@ -345,30 +294,24 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
 
 def cmd_verify(arguments: argparse.Namespace) -> int:
     """Compare S3 with the database and the local files; exit 1 on any difference."""
-    from agent.transfer import store_from_settings  # noqa: PLC0415 - see _sync
-    from agent.verify import verify_session  # noqa: PLC0415 - only verify needs it
+    from agent.actions.verify import UnknownSessionError, verify  # noqa: PLC0415 - see _sync
 
     settings = _settings(arguments)
-    state = State.open(settings.state_db_path, create=False)
-    try:
-        if arguments.session:
-            record = state.sessions.get(arguments.session)
-            if record is None:
-                print(
-                    f"no session {arguments.session!r}; `agentctl sessions` lists the ids",
-                    file=sys.stderr,
-                )
-                return EXIT_CONFIG
-            targets = [record]
-        else:
-            targets = [r for r in state.sessions.all() if r.manifest_key is not None]
-        store = store_from_settings(settings.destination, settings.upload)
-        checks = [
-            verify_session(state, store, record, quick=arguments.quick, download=arguments.download)
-            for record in targets
-        ]
-    finally:
-        state.close()
+    with State.open(settings.state_db_path, create=False) as state:
+        try:
+            checks = verify(
+                settings,
+                state,
+                arguments.session,
+                quick=arguments.quick,
+                download=arguments.download,
+            )
+        except UnknownSessionError:
+            print(
+                f"no session {arguments.session!r}; `agentctl sessions` lists the ids",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG
     differences = [d for check in checks for d in check.differences]
     if arguments.json:
         print(
@@ -407,76 +350,29 @@ def _report(arguments: argparse.Namespace, done: bool, message: str) -> int:
 def cmd_pause(arguments: argparse.Namespace) -> int:
     """Stop uploading (persists across restarts) until `resume`."""
     settings = _settings(arguments)
-    state = State.open(settings.state_db_path)
-    try:
-        state.control.set_flag("paused", "operator", time.time())
-        running = _live_daemon(settings, state) is not None
-    finally:
-        state.close()
-    where = (
-        "the daemon stops within a second; parts in flight resume later"
-        if running
-        else "the daemon is not running; it will start paused"
-    )
-    return _report(arguments, True, f"uploads paused: {where}. `agentctl resume` undoes it")
+    with State.open(settings.state_db_path) as state:
+        return _report(arguments, *control.pause(settings, state))
 
 
 def cmd_resume(arguments: argparse.Namespace) -> int:
     """Undo `pause`."""
     settings = _settings(arguments)
-    state = State.open(settings.state_db_path)
-    try:
-        was = state.control.flag("paused") is not None
-        state.control.set_flag("paused", None, time.time())
-    finally:
-        state.close()
-    return _report(arguments, True, "uploads resumed" if was else "uploads were not paused")
+    with State.open(settings.state_db_path) as state:
+        return _report(arguments, *control.resume(state))
 
 
 def cmd_retry(arguments: argparse.Namespace) -> int:
     """Make a failed session ready again at once."""
     settings = _settings(arguments)
-    state = State.open(settings.state_db_path, create=False)
-    try:
-        record = state.sessions.get(arguments.session)
-        if record is None:
-            return _report(
-                arguments, False, f"no session {arguments.session!r}; see `agentctl sessions`"
-            )
-        if record.state != "failed":
-            return _report(
-                arguments,
-                False,
-                f"{record.id} is {record.state}, not failed: nothing to retry",
-            )
-        state.sessions.retry_now(record.id)
-    finally:
-        state.close()
-    return _report(arguments, True, f"{record.id} will be uploaded again shortly")
+    with State.open(settings.state_db_path, create=False) as state:
+        return _report(arguments, *control.retry(state, arguments.session))
 
 
 def cmd_rescan(arguments: argparse.Namespace) -> int:
     """Ask the running daemon to rescan every source now."""
     settings = _settings(arguments)
-    state = State.open(settings.state_db_path, create=False)
-    try:
-        if _live_daemon(settings, state) is None:
-            return _report(
-                arguments,
-                False,
-                "the daemon is not running; start it, or run `agentctl sync` for one pass",
-            )
-        request = state.control.request("rescan", None, time.time())
-        deadline = time.monotonic() + 10
-        result = state.control.request_result(request)
-        while result is None and time.monotonic() < deadline:
-            time.sleep(0.1)
-            result = state.control.request_result(request)
-    finally:
-        state.close()
-    if result is None:
-        return _report(arguments, False, "the daemon did not take the request within 10 s")
-    return _report(arguments, True, f"daemon: {result}")
+    with State.open(settings.state_db_path, create=False) as state:
+        return _report(arguments, *control.rescan(settings, state))
 
 
 def cmd_doctor(arguments: argparse.Namespace) -> int:

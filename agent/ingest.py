@@ -1,54 +1,28 @@
-"""Ingest: the thin orchestration over scan, sessions policy, state and the upload engine.
+"""Ingest: one agent's sessions from its sources to S3, and their states settled.
 
-`reconcile` (the truth, needs no events) scans every source and records what it sees;
-`observe` re-scans one session (what an event hint triggers); `upload` sends one ready
-session and settles its state; `recover` cleans up after a crash. Used by both the daemon
-and `agentctl sync`.
+Composes observation (agent/observe.py: scan, record, judge) with the upload engine
+(agent/upload.py). `start_up` is the one start-up sequence of the daemon and `sync`: sessions
+a crash left `uploading` are put back, multipart uploads never recorded are aborted, then
+every source is reconciled, so a session is always judged again before it is uploaded.
+`upload` sends one ready session and settles its state, whatever goes wrong.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from pathlib import Path
 
 import structlog
 
 from agent import sessions
-from agent.config import Settings, SourceSettings
-from agent.errors import TransferError
-from agent.planning import (
-    join_key,
-    key_length_reason,
-    object_key,
-    render_key_template,
-    strict_name_reason,
-    template_root,
-    unsafe_name_reason,
-)
-from agent.scan import (
-    SessionScan,
-    find_sessions,
-    is_utf8,
-    open_for_writing,
-    real_directory,
-    scan_session,
-    shown_name,
-)
+from agent.config import Settings
+from agent.errors import PermanentTransferError, TransferError
+from agent.observe import Observer, source_key_root
 from agent.state import SessionRecord, State
 from agent.transfer import S3Store
 from agent.upload import SessionUploader, UploadOutcome
 
 log = structlog.get_logger("agent.ingest")
-
-# A session held back only by a file still open for writing is looked at again this often.
-OPEN_FILE_RECHECK = 10.0
-
-NOT_UTF8_SESSION_REASON = (
-    "session directory name is not valid UTF-8 (shown with \\x escapes); rename it to upload it"
-)
 
 
 def log_retry(error: TransferError, attempt: int, delay: float) -> None:
@@ -65,85 +39,8 @@ def log_retry(error: TransferError, attempt: int, delay: float) -> None:
     )
 
 
-def session_id_for(source: SourceSettings, rel_path: str) -> str:
-    """The id operators see and type: `{source}/{session path}`."""
-    return f"{source.name}/{rel_path}"
-
-
-def session_values(
-    settings: Settings, source: SourceSettings, rel_path: str
-) -> dict[str, str] | None:
-    """The values a key template may use for one session: the source's metadata, `source`,
-    `path`, `agent` and the layout's named parts. None when the path does not fit the layout."""
-    values = {
-        **source.metadata,
-        "source": source.name,
-        "path": rel_path,
-        "agent": settings.agent.name,
-    }
-    if source.layout is not None:
-        fields = source.layout.fields_of(rel_path)
-        if fields is None:
-            return None
-        values.update(fields)
-    return values
-
-
-def session_metadata(source: SourceSettings, values: dict[str, str]) -> dict[str, str]:
-    """A session's metadata: the source's `metadata` table plus the layout's named parts."""
-    metadata = dict(source.metadata)
-    for name in source.layout.fields if source.layout else ():
-        metadata[name] = values[name]
-    return metadata
-
-
-def key_prefix_for(settings: Settings, source: SourceSettings, values: dict[str, str]) -> str:
-    """Where a session's objects go: the destination prefix, then the rendered key template."""
-    return join_key(settings.destination.prefix, render_key_template(source.key_template, values))
-
-
-def source_key_root(settings: Settings, source: SourceSettings) -> str:
-    """The key prefix shared by every session of a source (may be empty)."""
-    known = {**source.metadata, "source": source.name, "agent": settings.agent.name}
-    return join_key(settings.destination.prefix, template_root(source.key_template, known))
-
-
-def refusal_reason(source: SourceSettings, session_prefix: str, rel_path: str) -> str | None:
-    """Why a file of this source will not be uploaded (unsafe or, with strict_names, badly
-    named, or its whole key over S3's 1,024 bytes), or None."""
-    reason = unsafe_name_reason(rel_path)
-    if reason is None and source.strict_names:
-        reason = strict_name_reason(rel_path)
-    if reason is None:
-        # The whole key counts: a short name under a long prefix can still be too long.
-        reason = key_length_reason(object_key(session_prefix, rel_path))
-    return reason
-
-
-def rule_of(source: SourceSettings) -> sessions.Rule:
-    """The completeness rule of a source."""
-    return sessions.Rule(
-        quiet_period=source.quiet_period,
-        marker=source.marker,
-        required=source.required,
-        min_age=source.min_age,
-    )
-
-
-@dataclass(frozen=True)
-class PlannedSession:
-    """What `agentctl sync --dry-run` reports for a session."""
-
-    record: SessionRecord
-    verdict: sessions.Verdict
-    files: int
-    bytes: int
-    keys: tuple[str, ...]
-    refused: tuple[tuple[str, str], ...] = ()
-
-
 class Ingest:
-    """Scans, judges and uploads for one agent."""
+    """Observes, uploads and recovers for one agent."""
 
     def __init__(
         self,
@@ -161,162 +58,24 @@ class Ingest:
         # Told of every session upload's outcome and its seconds (metrics, hooks): after the
         # state is settled, so it may read it.
         self.on_outcome = on_outcome
+        self.observer = Observer(settings, state, clock=clock)
+        self.observe = self.observer.observe
+        self.reconcile = self.observer.reconcile
+        self.recheck_waiting = self.observer.recheck_waiting
         self.uploader = SessionUploader(settings, state.ledger, store, clock=clock)
-        # Session paths already warned about (not UTF-8): once per process, not every rescan.
-        self._skipped: set[str] = set()
 
-    # --- observing ----------------------------------------------------------------------------
-
-    def observe(self, source: SourceSettings, rel_path: str) -> SessionRecord | None:
-        """Scan one session, record it, judge it; return its record (None if never seen and
-        its directory does not exist, or if the path does not fit the source's layout)."""
-        now = self.clock()
-        if not is_utf8(rel_path):
-            # Its id, path and keys could not be stored or sent; skip it, loudly, once.
-            shown = shown_name(str(source.path / rel_path))
-            if shown not in self._skipped:
-                self._skipped.add(shown)
-                log.warning("session_skipped", path=shown, reason=NOT_UTF8_SESSION_REASON)
-            return None
-        session_id = session_id_for(source, rel_path)
-        path = source.path / rel_path
-        values = session_values(self.settings, source, rel_path)
-        if values is None:
-            return None
-        if not real_directory(source.path, rel_path):
-            existing = self.state.sessions.get(session_id)
-            if existing is not None and not existing.local_missing:
-                log.warning("session_directory_gone", session=session_id, path=str(path))
-                self.state.sessions.mark_missing(session_id)
-            return existing
-        prefix = key_prefix_for(self.settings, source, values)
-        prefix_problem = unsafe_name_reason(prefix)
-        if prefix_problem is not None:
-            log.error(
-                "session_refused", session=session_id, key_prefix=prefix, reason=prefix_problem
-            )
-            return None
-        scan = scan_session(source.path, rel_path, source.exclude)
-        keys: dict[str, str] = {}
-        refused: dict[str, str] = {}
-        for item in scan.files:
-            reason = item.refusal or refusal_reason(source, prefix, item.rel_path)
-            if reason is None:
-                keys[item.rel_path] = object_key(prefix, item.rel_path)
-            else:
-                refused[item.rel_path] = reason
-        record, changed = self.state.sessions.observe(
-            session_id=session_id,
-            source=source.name,
-            rel_path=rel_path,
-            path=str(path),
-            key_prefix=prefix,
-            files=scan.files,
-            keys=keys,
-            refused=refused,
-            newest_mtime=scan.newest_mtime_ns / 1e9,
-            metadata=session_metadata(source, values),
-            now=now,
-        )
-        if changed:
-            log.debug("session_changed", session=session_id, files=len(scan.files))
-            for name, reason in refused.items():
-                log.warning("file_refused", session=session_id, file=name, reason=reason)
-        return self._judge(source, record, scan, changed, now)
-
-    def _judge(
-        self,
-        source: SourceSettings,
-        record: SessionRecord,
-        scan: SessionScan,
-        changed: bool,
-        now: float,
-    ) -> SessionRecord:
-        if record.state == sessions.UPLOADING:
-            return record
-        if record.state in (sessions.UPLOADED, sessions.FAILED) and not changed:
-            return record
-        names = tuple(item.rel_path for item in scan.files)
-        observation = sessions.Observation(
-            names, record.last_change_at, record.detected_at, scan.unreadable
-        )
-        rule = rule_of(source)
-        verdict = sessions.judge(observation, rule, now)
-        recheck_at = verdict.ready_at if verdict.ready_at and verdict.ready_at > now else None
-        if verdict.ready and source.check_open_files:
-            # Only asked once everything else holds: reading /proc costs more than a stat.
-            writers = open_for_writing(Path(record.path), ignore_pid=os.getpid()) or {}
-            held = tuple(sorted(set(writers) & set(names)))
-            if held:
-                verdict = sessions.judge(replace(observation, open_for_writing=held), rule, now)
-                recheck_at = now + OPEN_FILE_RECHECK
-        if verdict.ready:
-            if record.state != sessions.READY:
-                log.info("session_ready", session=record.id, files=record.files, bytes=record.bytes)
-                self.state.sessions.move(
-                    record.id, sessions.READY, completed_at=now, reason=None, recheck_at=None
-                )
-        elif (
-            record.state != sessions.WAITING
-            or record.reason != verdict.reason
-            or record.recheck_at != recheck_at
-        ):
-            if record.state != sessions.WAITING:
-                log.info("session_reopened", session=record.id, reason=verdict.reason)
-            self.state.sessions.move(
-                record.id, sessions.WAITING, reason=verdict.reason, recheck_at=recheck_at
-            )
-        else:
-            return record
-        updated = self.state.sessions.get(record.id)
-        assert updated is not None
-        return updated
-
-    def reconcile(self, tick: Callable[[], bool] | None = None) -> int:
-        """Scan every source from the top; record and judge every session. Return how many
-        sessions were seen. Sessions whose directories vanished are marked, never deleted.
-
-        `tick` is called after each session (the daemon pings its watchdog there, since a
-        large tree takes longer than the watchdog's period); when it returns True, the scan
-        stops early (a stop was asked for) and marks nothing missing."""
-        started = time.monotonic()
-        seen: set[str] = set()
-        files = 0
-        for source in self.settings.sources:
-            for rel_path in find_sessions(
-                source.path, source.session_depth, source.exclude, source.layout
-            ):
-                seen.add(session_id_for(source, rel_path))
-                record = self.observe(source, rel_path)
-                files += record.files if record is not None else 0
-                if tick is not None and tick():
-                    log.info("reconcile_interrupted", sessions=len(seen))
-                    return len(seen)
-        for record in self.state.sessions.all():
-            if record.id not in seen and not record.local_missing:
-                try:
-                    source = self.settings.source(record.source)
-                except KeyError:
-                    continue
-                self.observe(source, record.rel_path)
-        log.info(
-            "reconcile_finished",
-            sessions=len(seen),
-            files=files,
-            seconds=round(time.monotonic() - started, 3),
-        )
-        return len(seen)
-
-    def recheck_waiting(self) -> None:
-        """Re-scan waiting sessions whose time-based rule may now hold (the time their last
-        verdict named has come). Sessions waiting for a marker or a required file are not
-        polled: an event or the next reconcile brings them back."""
-        for record in self.state.sessions.to_recheck(self.clock()):
-            try:
-                source = self.settings.source(record.source)
-            except KeyError:
-                continue
-            self.observe(source, record.rel_path)
+    def start_up(self, tick: Callable[[], bool] | None = None) -> TransferError | None:
+        """Recover, then reconcile (see the module's docstring). A failure to list or abort
+        orphan uploads does not stop the start; it is logged and returned."""
+        self.observer.recover_sessions()
+        problem: TransferError | None = None
+        try:
+            self.abort_orphans()
+        except TransferError as error:
+            log.error("recovery_failed", error=str(error))
+            problem = error
+        self.reconcile(tick)
+        return problem
 
     # --- uploading ----------------------------------------------------------------------------
 
@@ -344,6 +103,10 @@ class Ingest:
             outcome = UploadOutcome(errors=[error])
         except OSError as error:
             outcome = UploadOutcome(errors=[TransferError("read", record.path, str(error))])
+        except Exception as error:  # a bug must not leave the session `uploading`
+            log.error("session_upload_crashed", session=record.id, exc_info=True)
+            reason = f"unexpected {type(error).__name__}: {error}"
+            outcome = UploadOutcome(errors=[PermanentTransferError("upload", record.path, reason)])
         elapsed = max(self.clock() - started, 1e-6)
         if outcome.complete:
             log.info(
@@ -403,6 +166,10 @@ class Ingest:
             outcome = UploadOutcome(errors=[error])
         except OSError as error:
             outcome = UploadOutcome(errors=[TransferError("read", record.path, str(error))])
+        except Exception as error:  # the ordinary pass takes the session up later
+            log.error("growing_upload_crashed", session=record.id, exc_info=True)
+            reason = f"unexpected {type(error).__name__}: {error}"
+            outcome = UploadOutcome(errors=[PermanentTransferError("upload", record.path, reason)])
         if outcome.bytes_sent:
             log.info("growing_parts_sent", session=record.id, bytes_sent=outcome.bytes_sent)
         for problem in outcome.errors:
@@ -411,12 +178,9 @@ class Ingest:
 
     # --- recovery -----------------------------------------------------------------------------
 
-    def recover(self) -> None:
-        """After a crash: sessions left `uploading` become `ready` again; multipart uploads
-        under our sources' prefixes that the database does not know are aborted (they were
-        created but never recorded)."""
-        for record in self.state.sessions.in_states((sessions.UPLOADING,)):
-            self.state.sessions.move(record.id, sessions.READY, reason="resuming after restart")
+    def abort_orphans(self) -> None:
+        """Abort multipart uploads under our sources' prefixes that the database does not
+        know: they were created but never recorded (a crash at that moment)."""
         known = {upload.upload_id for upload in self.state.ledger.all_uploads()}
         roots = {source_key_root(self.settings, source) for source in self.settings.sources}
         if "" in roots:
@@ -440,106 +204,3 @@ class Ingest:
                 if remote.upload_id not in known:
                     log.warning("orphan_upload_aborted", key=remote.key, upload_id=remote.upload_id)
                     self.store.abort_multipart(remote.key, remote.upload_id)
-
-
-def source_for_path(settings: Settings, path: Path) -> tuple[SourceSettings, str] | None:
-    """Map a filesystem path to (its source, its session's relative path), or None when it
-    is not inside a session directory of any source."""
-    for source in settings.sources:
-        try:
-            relative = path.relative_to(source.path)
-        except ValueError:
-            continue
-        parts = relative.parts
-        if len(parts) < source.session_depth:
-            return None
-        rel_path = "/".join(parts[: source.session_depth])
-        if source.layout is not None and source.layout.fields_of(rel_path) is None:
-            return None
-        return source, rel_path
-    return None
-
-
-def plan_sync(settings: Settings, state: State | None, now: float) -> list[PlannedSession]:
-    """Given settings and the state (None when there is no database yet), return what a sync
-    would upload, session by session, without touching S3 or writing anything."""
-    planned: list[PlannedSession] = []
-    for source in settings.sources:
-        for rel_path in find_sessions(
-            source.path, source.session_depth, source.exclude, source.layout
-        ):
-            if not is_utf8(rel_path):
-                log.warning(
-                    "session_skipped",
-                    path=shown_name(str(source.path / rel_path)),
-                    reason=NOT_UTF8_SESSION_REASON,
-                )
-                continue
-            values = session_values(settings, source, rel_path)
-            assert values is not None  # find_sessions only yields paths that fit the layout
-            scan = scan_session(source.path, rel_path, source.exclude)
-            prefix = key_prefix_for(settings, source, values)
-            session_id = session_id_for(source, rel_path)
-            existing = state.sessions.get(session_id) if state is not None else None
-            done = {
-                f.rel_path: (f.uploaded_size, f.uploaded_mtime_ns)
-                for f in (
-                    state.ledger.files_of(session_id) if state is not None and existing else []
-                )
-            }
-            refused = tuple(
-                (f.rel_path, reason)
-                for f in scan.files
-                if (reason := f.refusal or refusal_reason(source, prefix, f.rel_path)) is not None
-            )
-            refused_names = {name for name, _reason in refused}
-            to_send = [
-                f
-                for f in scan.files
-                if done.get(f.rel_path) != (f.size, f.mtime_ns) and f.rel_path not in refused_names
-            ]
-            verdict = sessions.judge(
-                sessions.Observation(
-                    tuple(f.rel_path for f in scan.files),
-                    existing.last_change_at if existing else scan.newest_mtime_ns / 1e9,
-                    existing.detected_at if existing else now,
-                    scan.unreadable,
-                ),
-                rule_of(source),
-                now,
-            )
-            record = existing or SessionRecord(
-                id=session_id,
-                source=source.name,
-                rel_path=rel_path,
-                path=str(source.path / rel_path),
-                state="new",
-                files=len(scan.files),
-                bytes=scan.total_bytes,
-                uploaded_bytes=0,
-                key_prefix=prefix,
-                manifest_key=None,
-                manifest_revision=0,
-                metadata=session_metadata(source, values),
-                fingerprint="",
-                detected_at=now,
-                last_change_at=now,
-                completed_at=None,
-                uploaded_at=None,
-                error=None,
-                reason=None,
-                attempts=0,
-                next_attempt_at=None,
-                local_missing=False,
-            )
-            planned.append(
-                PlannedSession(
-                    record,
-                    verdict,
-                    len(to_send),
-                    sum(f.size for f in to_send),
-                    tuple(object_key(prefix, f.rel_path) for f in to_send),
-                    refused,
-                )
-            )
-    return planned

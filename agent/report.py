@@ -24,6 +24,8 @@ from agent.units import human_age, human_bytes, human_rate, iso
 # Sessions whose files are due to be sent now (a failed one is retried later, a waiting one
 # is still being written).
 SENDING_STATES = ("ready", "uploading")
+# Flags in the state (Control): the operator's pause; the last hook failure; when a pause ended.
+PAUSED_FLAG = "paused"
 HOOK_FLAG = "hook_failed"
 # Set by the daemon when a pause (operator's or schedule's) ends: waiting while paused is
 # not a stall.
@@ -41,7 +43,7 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
     heartbeat = state.control.heartbeat()
     rows = state.queries.source_summary()
     last_error = state.queries.last_error()
-    operator_pause = state.control.flag("paused") is not None
+    operator_pause = state.control.flag(PAUSED_FLAG) is not None
     hook_failure = state.control.flag(HOOK_FLAG)
     oldest = {name: state.queries.oldest_in(name) for name in ("waiting", "ready", "uploading")}
     last_file_at = state.queries.last_file_uploaded_at()
@@ -67,7 +69,7 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
         entry["bytes"] += row.bytes
 
     limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
-    paused_by = "operator" if operator_pause else "schedule" if limit.paused else None
+    paused_by = limit.paused_by(operator_pause)
     sending_since = [item[1] for item in (oldest["ready"], oldest["uploading"]) if item]
     progress_at = heartbeat.progress_at if heartbeat else None
     last_sent_at = max((t for t in (last_file_at, progress_at) if t is not None), default=None)

@@ -32,10 +32,11 @@ from agent.checksums import Tally
 from agent.config import Settings, load_settings
 from agent.errors import AgentError, TransferError
 from agent.hooks import Hooks
-from agent.ingest import Ingest, log_retry, source_for_path
+from agent.ingest import Ingest, log_retry
 from agent.metrics import Metrics
 from agent.notify import Notifier, Pulse, stall_limit
-from agent.report import HOOK_FLAG, RESUMED_FLAG, status_report
+from agent.observe import source_for_path
+from agent.report import HOOK_FLAG, PAUSED_FLAG, RESUMED_FLAG, status_report
 from agent.state import SessionRecord, State
 from agent.throttle import Limit, limit_at
 from agent.transfer import S3Store, store_from_settings
@@ -164,13 +165,8 @@ class Daemon:
             self._beat(state, "starting: recovering and reconciling")
             # The fleet hears of the start at once, not after a long first scan.
             beater = self._start_beater(state)
-            self.notifier.status("starting: recovering unfinished uploads")
-            try:
-                ingest.recover()
-            except TransferError as error:
-                log.error("recovery_failed", error=str(error))
-            self.notifier.status("starting: scanning sources")
-            ingest.reconcile()
+            self.notifier.status("starting: recovering unfinished uploads, scanning sources")
+            ingest.start_up()
             watcher.start()
             self._apply_limits(state, store)
             uploader = threading.Thread(
@@ -285,8 +281,7 @@ class Daemon:
                 window=limit.window,
             )
             self.limit = limit
-        operator = state.control.flag("paused")
-        paused_by = "operator" if operator is not None else "schedule" if limit.paused else None
+        paused_by = limit.paused_by(state.control.flag(PAUSED_FLAG) is not None)
         if paused_by != self.paused_by:
             if paused_by:
                 log.info("uploads_paused", by=paused_by)

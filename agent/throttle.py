@@ -149,6 +149,10 @@ class Limit:
     paused: bool
     window: int | None  # index of the window in force, None outside every window
 
+    def paused_by(self, operator_paused: bool) -> str | None:
+        """Who holds uploads back: the operator's `pause` first, then the schedule, or None."""
+        return "operator" if operator_paused else "schedule" if self.paused else None
+
 
 def limit_at(windows: tuple[Window, ...], default: int, moment: datetime) -> Limit:
     """Given the configured windows, the limit outside them and a local time, return the

@@ -135,8 +135,9 @@ class SqliteLedger:
             )
             self._database.execute(
                 """update files set state = case when state = 'pending' and size = ? and
-                   mtime_ns = ? then 'uploaded' else state end, checksum = ?, checksum_algorithm = ?, etag = ?,
-                   uploaded_size = ?, uploaded_mtime_ns = ?, uploaded_at = ?, error = null
+                   mtime_ns = ? then 'uploaded' else state end, checksum = ?,
+                   checksum_algorithm = ?, etag = ?, uploaded_size = ?, uploaded_mtime_ns = ?,
+                   uploaded_at = ?, error = null
                    where session_id = ? and rel_path = ?""",
                 [
                     record.size,
