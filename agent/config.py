@@ -26,6 +26,7 @@ DEFAULT_STATE_DIR = "/var/lib/ingest-agent"
 DEFAULT_EXCLUDES = ("*.tmp", "*.part", "~$*", ".DS_Store", "Thumbs.db")
 CHECKSUM_ALGORITHMS = ("crc32c", "crc32", "sha256")
 WATCH_MODES = ("auto", "inotify", "poll", "off")
+LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "journald", "console", "json")
 CONDITIONAL_WRITE_MODES = ("auto", "on", "off")
 MIN_PART_SIZE = 5 * 1024**2
@@ -52,8 +53,8 @@ _SIZE_UNITS = {
 class AgentSettings:
     """The `[agent]` table."""
 
-    name: str
-    state_dir: Path
+    name: str = field(default_factory=socket.gethostname)
+    state_dir: Path = Path(DEFAULT_STATE_DIR)
     log_level: str = "info"
     log_target: str = "auto"
     rescan_interval: float = 300.0
@@ -282,6 +283,10 @@ def _nonempty_string(value: Any) -> str:
     return text
 
 
+def _path(value: Any) -> Path:
+    return Path(_nonempty_string(value))
+
+
 def _boolean(value: Any) -> bool:
     if not isinstance(value, bool):
         raise ValueError(f"expected true or false, got {value!r}")
@@ -352,14 +357,17 @@ def _source_name(value: Any) -> str:
 
 
 def _read_agent(table: _Table) -> AgentSettings:
+    defaults = AgentSettings()
     settings = AgentSettings(
-        name=table.get("name", _source_name, socket.gethostname()),
-        state_dir=Path(table.get("state_dir", _nonempty_string, DEFAULT_STATE_DIR)),
-        log_level=table.get("log_level", _choice(("debug", "info", "warning", "error")), "info"),
-        log_target=table.get("log_target", _choice(LOG_TARGETS), "auto"),
-        rescan_interval=table.get("rescan_interval", parse_duration, 300.0),
-        heartbeat_interval=table.get("heartbeat_interval", parse_duration, 5.0),
-        heartbeat_stale=table.get("heartbeat_stale", parse_duration, 60.0),
+        name=table.get("name", _source_name, defaults.name),
+        state_dir=table.get("state_dir", _path, defaults.state_dir),
+        log_level=table.get("log_level", _choice(LOG_LEVELS), defaults.log_level),
+        log_target=table.get("log_target", _choice(LOG_TARGETS), defaults.log_target),
+        rescan_interval=table.get("rescan_interval", parse_duration, defaults.rescan_interval),
+        heartbeat_interval=table.get(
+            "heartbeat_interval", parse_duration, defaults.heartbeat_interval
+        ),
+        heartbeat_stale=table.get("heartbeat_stale", parse_duration, defaults.heartbeat_stale),
     )
     if settings.heartbeat_stale <= settings.heartbeat_interval:
         table.problem("heartbeat_stale", "must be longer than heartbeat_interval")
@@ -370,20 +378,21 @@ def _read_agent(table: _Table) -> AgentSettings:
 
 
 def _read_destination(table: _Table) -> DestinationSettings:
+    defaults = DestinationSettings(bucket="")  # the bucket has no default: it is required
     settings = DestinationSettings(
-        bucket=table.require("bucket", _nonempty_string, ""),
-        prefix=table.get("prefix", _prefix, ""),
-        endpoint_url=table.get("endpoint_url", _nonempty_string, None),
-        region=table.get("region", _nonempty_string, None),
-        profile=table.get("profile", _nonempty_string, None),
-        checksum=table.get("checksum", _choice(CHECKSUM_ALGORITHMS), "crc32c"),
-        server_checksums=table.get("server_checksums", _boolean, True),
+        bucket=table.require("bucket", _nonempty_string, defaults.bucket),
+        prefix=table.get("prefix", _prefix, defaults.prefix),
+        endpoint_url=table.get("endpoint_url", _nonempty_string, defaults.endpoint_url),
+        region=table.get("region", _nonempty_string, defaults.region),
+        profile=table.get("profile", _nonempty_string, defaults.profile),
+        checksum=table.get("checksum", _choice(CHECKSUM_ALGORITHMS), defaults.checksum),
+        server_checksums=table.get("server_checksums", _boolean, defaults.server_checksums),
         conditional_writes=table.get(
-            "conditional_writes", _choice(CONDITIONAL_WRITE_MODES), "auto"
+            "conditional_writes", _choice(CONDITIONAL_WRITE_MODES), defaults.conditional_writes
         ),
-        storage_class=table.get("storage_class", _nonempty_string, None),
-        acl=table.get("acl", _nonempty_string, None),
-        metadata=table.get("metadata", _string_table, {}),
+        storage_class=table.get("storage_class", _nonempty_string, defaults.storage_class),
+        acl=table.get("acl", _nonempty_string, defaults.acl),
+        metadata=table.get("metadata", _string_table, defaults.metadata),
     )
     if settings.endpoint_url is not None and not re.match(r"^https?://", settings.endpoint_url):
         table.problem("endpoint_url", "must start with http:// or https://")
@@ -400,19 +409,23 @@ def _read_destination(table: _Table) -> DestinationSettings:
 
 
 def _read_upload(table: _Table) -> UploadSettings:
+    defaults = UploadSettings()
+    part_size = _size_between(MIN_PART_SIZE, MAX_PART_SIZE)
     settings = UploadSettings(
-        concurrency=table.get("concurrency", _integer(1, 64), 4),
-        part_size=table.get("part_size", _size_between(MIN_PART_SIZE, MAX_PART_SIZE), 16 * 1024**2),
+        concurrency=table.get("concurrency", _integer(1, 64), defaults.concurrency),
+        part_size=table.get("part_size", part_size, defaults.part_size),
         multipart_threshold=table.get(
-            "multipart_threshold", _size_between(MIN_PART_SIZE, MAX_PART_SIZE), 16 * 1024**2
+            "multipart_threshold", part_size, defaults.multipart_threshold
         ),
-        max_bandwidth=table.get("max_bandwidth", parse_size, 0),
-        max_memory=table.get("max_memory", parse_size, 256 * 1024**2),
-        retries=table.get("retries", _integer(0, 100), 5),
-        retry_delay=table.get("retry_delay", parse_duration, 1.0),
-        failed_retry_delay=table.get("failed_retry_delay", parse_duration, 300.0),
-        connect_timeout=table.get("connect_timeout", parse_duration, 10.0),
-        read_timeout=table.get("read_timeout", parse_duration, 120.0),
+        max_bandwidth=table.get("max_bandwidth", parse_size, defaults.max_bandwidth),
+        max_memory=table.get("max_memory", parse_size, defaults.max_memory),
+        retries=table.get("retries", _integer(0, 100), defaults.retries),
+        retry_delay=table.get("retry_delay", parse_duration, defaults.retry_delay),
+        failed_retry_delay=table.get(
+            "failed_retry_delay", parse_duration, defaults.failed_retry_delay
+        ),
+        connect_timeout=table.get("connect_timeout", parse_duration, defaults.connect_timeout),
+        read_timeout=table.get("read_timeout", parse_duration, defaults.read_timeout),
         windows=_read_windows(table),
     )
     if settings.max_memory < settings.part_size:
@@ -462,8 +475,8 @@ def _read_metrics(table: _Table) -> MetricsSettings:
     defaults = MetricsSettings()
     textfile = table.get("textfile", _nonempty_string, None)
     settings = MetricsSettings(
-        listen=table.get("listen", _listen_address, None),
-        textfile=Path(textfile) if textfile else None,
+        listen=table.get("listen", _listen_address, defaults.listen),
+        textfile=Path(textfile) if textfile else defaults.textfile,
         interval=table.get("interval", _positive_duration, defaults.interval),
     )
     if settings.textfile is not None:
@@ -487,7 +500,7 @@ def _read_fleet(table: _Table) -> FleetSettings:
 def _read_hooks(table: _Table) -> HooksSettings:
     defaults = HooksSettings()
     settings = HooksSettings(
-        on_uploaded=table.get("on_uploaded", _command, None),
+        on_uploaded=table.get("on_uploaded", _command, defaults.on_uploaded),
         timeout=table.get("timeout", _positive_duration, defaults.timeout),
     )
     table.finish()
@@ -519,17 +532,19 @@ def _read_windows(upload: _Table) -> tuple[Window, ...]:
     if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
         upload.problem("window", "must be written as [[upload.window]] tables")
         return ()
+    # start and end are required; 0 is the bandwidth default (unlimited)
+    defaults = Window(start=0, end=0, max_bandwidth=0)
     windows: list[Window] = []
     for index, item in enumerate(raw):
         table = _Table(item, f"upload.window[{index}]", upload.file, upload.problems)
-        start = table.require("start", lambda v: parse_clock(_string(v)), 0)
-        end = table.require("end", lambda v: parse_clock(_string(v)), 0)
+        start = table.require("start", lambda v: parse_clock(_string(v)), defaults.start)
+        end = table.require("end", lambda v: parse_clock(_string(v)), defaults.end)
         window = Window(
             start=start,
             end=end,
-            max_bandwidth=table.get("max_bandwidth", parse_size, 0),
-            pause=table.get("pause", _boolean, False),
-            days=table.get("days", _days, frozenset(range(7))),
+            max_bandwidth=table.get("max_bandwidth", parse_size, defaults.max_bandwidth),
+            pause=table.get("pause", _boolean, defaults.pause),
+            days=table.get("days", _days, defaults.days),
         )
         if start == end and "start" in item and "end" in item:
             table.problem("end", "must differ from start")
@@ -539,33 +554,40 @@ def _read_windows(upload: _Table) -> tuple[Window, ...]:
 
 
 def _read_source(table: _Table) -> SourceSettings:
+    defaults = SourceSettings(name="", path=Path())  # name and path are required
     path_text = table.require("path", _nonempty_string, "")
-    layout = table.get("layout", _layout, None)
-    depth = table.get("session_depth", _integer(1, 16), layout.depth if layout else 2)
+    layout = table.get("layout", _layout, defaults.layout)
+    depth = table.get(
+        "session_depth", _integer(1, 16), layout.depth if layout else defaults.session_depth
+    )
     if layout is not None and depth != layout.depth:
         table.problem(
             "session_depth",
             f"is {depth} but layout {layout.pattern!r} has {layout.depth} levels; drop one",
         )
     settings = SourceSettings(
-        name=table.require("name", _source_name, ""),
+        name=table.require("name", _source_name, defaults.name),
         path=Path(path_text),
         session_depth=depth,
-        quiet_period=table.get("quiet_period", parse_duration, 300.0),
-        marker=table.get("marker", _nonempty_string, None),
-        required=table.get("required", _string_list, ()),
-        min_age=table.get("min_age", parse_duration, 0.0),
-        exclude=table.get("exclude", _string_list, DEFAULT_EXCLUDES),
-        watch=table.get("watch", _choice(WATCH_MODES), "auto"),
-        poll_interval=table.get("poll_interval", parse_duration, 30.0),
-        metadata=table.get("metadata", _string_table, {}),
+        quiet_period=table.get("quiet_period", parse_duration, defaults.quiet_period),
+        marker=table.get("marker", _nonempty_string, defaults.marker),
+        required=table.get("required", _string_list, defaults.required),
+        min_age=table.get("min_age", parse_duration, defaults.min_age),
+        exclude=table.get("exclude", _string_list, defaults.exclude),
+        watch=table.get("watch", _choice(WATCH_MODES), defaults.watch),
+        poll_interval=table.get("poll_interval", parse_duration, defaults.poll_interval),
+        metadata=table.get("metadata", _string_table, defaults.metadata),
         layout=layout,
-        key_template=table.get("key_template", _key_template, DEFAULT_KEY_TEMPLATE),
-        strict_names=table.get("strict_names", _boolean, False),
-        check_open_files=table.get("check_open_files", _boolean, True),
-        upload_while_growing=table.get("upload_while_growing", _boolean, False),
+        key_template=table.get("key_template", _key_template, defaults.key_template),
+        strict_names=table.get("strict_names", _boolean, defaults.strict_names),
+        check_open_files=table.get("check_open_files", _boolean, defaults.check_open_files),
+        upload_while_growing=table.get(
+            "upload_while_growing", _boolean, defaults.upload_while_growing
+        ),
         growing_part_size=table.get(
-            "growing_part_size", _size_between(MIN_PART_SIZE, MAX_PART_SIZE), 64 * 1024**2
+            "growing_part_size",
+            _size_between(MIN_PART_SIZE, MAX_PART_SIZE),
+            defaults.growing_part_size,
         ),
     )
     _check_key_template(table, settings)

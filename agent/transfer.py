@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import TagTypeDef
 
 T = TypeVar("T")
+Page = TypeVar("Page", bound=Mapping[str, Any])
 
 _RETRYABLE_CODES = frozenset(
     {
@@ -443,26 +444,27 @@ class S3Store:
         if self.list_uploads_supported is False:
             return None
         uploads: list[RemoteUpload] = []
-        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        while True:
-            try:
-                page = self._call(
-                    "ListMultipartUploads",
-                    prefix,
-                    lambda: self.client.list_multipart_uploads(**arguments),
+        pages = self._pages(
+            "ListMultipartUploads",
+            prefix,
+            self.client.list_multipart_uploads,
+            {"Bucket": self.bucket, "Prefix": prefix},
+            lambda page: {
+                "KeyMarker": page.get("NextKeyMarker", ""),
+                "UploadIdMarker": page.get("NextUploadIdMarker", ""),
+            },
+        )
+        try:
+            for page in pages:
+                self.list_uploads_supported = True
+                uploads.extend(
+                    RemoteUpload(str(item["Key"]), str(item["UploadId"]))
+                    for item in page.get("Uploads", [])
                 )
-            except NotImplementedByServerError:
-                self.list_uploads_supported = False
-                return None
-            self.list_uploads_supported = True
-            uploads.extend(
-                RemoteUpload(str(item["Key"]), str(item["UploadId"]))
-                for item in page.get("Uploads", [])
-            )
-            if not page.get("IsTruncated"):
-                return uploads
-            arguments["KeyMarker"] = page.get("NextKeyMarker", "")
-            arguments["UploadIdMarker"] = page.get("NextUploadIdMarker", "")
+        except NotImplementedByServerError:
+            self.list_uploads_supported = False
+            return None
+        return uploads
 
     def list_parts(self, key: str, upload_id: str) -> dict[int, str] | None:
         """{part number: etag} the server holds for an upload, or None where the server
@@ -471,43 +473,60 @@ class S3Store:
         if self.list_parts_supported is False:
             return None
         parts: dict[int, str] = {}
-        arguments: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "UploadId": upload_id}
-        while True:
-            try:
-                page = self._call("ListParts", key, lambda: self.client.list_parts(**arguments))
-            except NotImplementedByServerError as error:
-                log.warning(
-                    "list_parts_unsupported",
-                    action="ListParts not supported by the server: resuming from our own "
-                    "records only",
-                    error=error.reason,
-                )
-                self.list_parts_supported = False
-                return None
-            self.list_parts_supported = True
-            for item in page.get("Parts", []):
-                parts[int(item["PartNumber"])] = str(item["ETag"]).strip('"')
-            if not page.get("IsTruncated"):
-                return parts
-            arguments["PartNumberMarker"] = page.get("NextPartNumberMarker", 0)
+        pages = self._pages(
+            "ListParts",
+            key,
+            self.client.list_parts,
+            {"Bucket": self.bucket, "Key": key, "UploadId": upload_id},
+            lambda page: {"PartNumberMarker": page.get("NextPartNumberMarker", 0)},
+        )
+        try:
+            for page in pages:
+                self.list_parts_supported = True
+                for item in page.get("Parts", []):
+                    parts[int(item["PartNumber"])] = str(item["ETag"]).strip('"')
+        except NotImplementedByServerError as error:
+            log.warning(
+                "list_parts_unsupported",
+                action="ListParts not supported by the server: resuming from our own records only",
+                error=error.reason,
+            )
+            self.list_parts_supported = False
+            return None
+        return parts
 
     def list_keys(self, prefix: str) -> dict[str, int]:
         """{key: size} of every object under `prefix` (all pages)."""
         found: dict[str, int] = {}
-        arguments: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
-        while True:
-            page = self._call(
-                "ListObjectsV2", prefix, lambda: self.client.list_objects_v2(**arguments)
-            )
+        for page in self._pages(
+            "ListObjectsV2",
+            prefix,
+            self.client.list_objects_v2,
+            {"Bucket": self.bucket, "Prefix": prefix},
+            lambda page: {"ContinuationToken": page["NextContinuationToken"]},
+        ):
             for item in page.get("Contents", []):
                 found[str(item["Key"])] = int(item["Size"])
-            if not page.get("IsTruncated"):
-                return found
-            arguments["ContinuationToken"] = page["NextContinuationToken"]
+        return found
 
-    def check_bucket(self) -> None:
-        """Raise a classified TransferError if the bucket cannot be reached or written to."""
-        self._call("HeadBucket", self.bucket, lambda: self.client.head_bucket(Bucket=self.bucket))
+    def _pages(
+        self,
+        operation: str,
+        key: str,
+        call: Callable[..., Page],
+        arguments: dict[str, Any],
+        next_markers: Callable[[Page], dict[str, Any]],
+    ) -> Iterator[Page]:
+        """Given a listing call and its first arguments, yield every page, each request
+        through the retry loop. While a page says it is truncated, the next request adds
+        the markers `next_markers` takes from it. Errors (classified) reach the caller."""
+        arguments = dict(arguments)
+        while True:
+            page = self._call(operation, key, lambda: call(**arguments))
+            yield page
+            if not page.get("IsTruncated"):
+                return
+            arguments.update(next_markers(page))
 
 
 def store_from_settings(

@@ -8,7 +8,6 @@ when inotify cannot be used (watch limit reached, network filesystem).
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import threading
 from collections.abc import Callable
@@ -16,8 +15,9 @@ from pathlib import Path
 
 import structlog
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
-from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver
+from watchdog.observers.inotify import InotifyEmitter
+from watchdog.observers.inotify_c import InotifyEvent, InotifyFD
 from watchdog.observers.polling import PollingObserver
 
 from agent.config import SourceSettings
@@ -73,20 +73,37 @@ def choose_mode(source: SourceSettings) -> str:
     return "poll" if filesystem_type(source.path) in NETWORK_FILESYSTEMS else "inotify"
 
 
-class _OverflowListener(logging.Handler):
-    """watchdog reports an inotify queue overflow only in its own log (it rebuilds its
-    watches but hands no event to handlers); this turns that record into a callback."""
+class OverflowAwareReader(InotifyFD):
+    """watchdog's inotify reader, which also calls `on_overflow` when the kernel's event
+    queue overflowed. watchdog then rebuilds its watches but hands handlers no event, so
+    without this the lost events would wait for the next reconcile."""
 
     def __init__(self, on_overflow: Callable[[], None]) -> None:
-        super().__init__(level=logging.WARNING)
+        super().__init__()
         self._on_overflow = on_overflow
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if "overflow" in record.getMessage().lower():
+    def handle_event(self, event: InotifyEvent) -> None:
+        """watchdog's handling of one kernel event, then the callback if it is an overflow."""
+        super().handle_event(event)
+        if event.is_queue_overflow:
+            # Called once watchdog has re-added its watches: every later change raises an
+            # event, and the rescan the callback asks for finds every earlier one.
             self._on_overflow()
 
 
-INOTIFY_LOGGERS = ("watchdog.observers.inotify_c", "watchdog.observers.inotify")
+class OverflowAwareObserver(BaseObserver):
+    """watchdog's InotifyObserver, reading through an `OverflowAwareReader`."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        self.reader = OverflowAwareReader(on_overflow)
+        self.reader.start()
+        super().__init__(InotifyEmitter, inotify_fd=self.reader)
+
+    def on_thread_stop(self) -> None:
+        """Stop the emitters, then the reader."""
+        super().on_thread_stop()
+        self.reader.stop()
+        self.reader.join()
 
 
 class _Handler(FileSystemEventHandler):
@@ -114,7 +131,6 @@ class Watcher:
         self.modes: dict[str, str] = {}
         self.overflows = 0
         self._on_overflow = on_overflow
-        self._listener = _OverflowListener(self._overflowed)
         self._lock = threading.Lock()
 
     def _overflowed(self) -> None:
@@ -133,8 +149,6 @@ class Watcher:
 
     def start(self) -> None:
         """Start observers; a source whose inotify watch fails falls back to polling."""
-        for name in INOTIFY_LOGGERS:
-            logging.getLogger(name).addHandler(self._listener)
         handler = _Handler(self.on_path)
         for source in self.sources:
             mode = choose_mode(source)
@@ -143,7 +157,7 @@ class Watcher:
                 continue
             if mode == "inotify":
                 try:
-                    observer: BaseObserver = Observer()
+                    observer: BaseObserver = OverflowAwareObserver(self._overflowed)
                     observer.schedule(handler, str(source.path), recursive=True)
                     observer.start()
                 except OSError as error:
@@ -178,5 +192,3 @@ class Watcher:
         for observer in self.observers:
             observer.join(timeout=5)
         self.observers.clear()
-        for name in INOTIFY_LOGGERS:
-            logging.getLogger(name).removeHandler(self._listener)
