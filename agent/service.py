@@ -17,31 +17,31 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from types import FrameType
 
 import structlog
 
-from agent import fleet, health, lock, logs
+from agent import fleet, lock, logs
 from agent.checksums import Tally
 from agent.config import Settings, load_settings
 from agent.errors import AgentError, TransferError
 from agent.hooks import Hooks
 from agent.ingest import Ingest, log_retry
+from agent.limits import Limits
 from agent.metrics import Metrics
 from agent.notify import Notifier, Pulse, stall_limit
 from agent.observe import source_for_path
-from agent.report import HOOK_FLAG, PAUSED_FLAG, RESUMED_FLAG, status_report
+from agent.report import HOOK_FLAG, status_report
 from agent.state import SessionRecord, State
-from agent.throttle import Limit, limit_at
 from agent.transfer import S3Store, store_from_settings
 from agent.upload import UploadOutcome
+from agent.vitals import Vitals, WatchdogGuard
 from agent.watch import Watcher
+from agent.worker import UploadWorker
 
 log = structlog.get_logger("agent.service")
 
@@ -49,8 +49,6 @@ TICK = 0.5
 STOP_GRACE = 25.0
 # At a stop, hooks still running get this long (systemd stops what is left with the unit).
 HOOK_GRACE = 1.0
-# The rate in STATUS= is averaged over this many seconds.
-RATE_WINDOW = 10.0
 # Test-only fault switch: with AGENT_TEST_FAULTS=1 in the environment, a file of this name in
 # the state directory holding "loop" or "uploader" hangs that part of the daemon (once; the
 # file is removed), so tests can watch systemd's watchdog act. Ignored without the variable.
@@ -73,25 +71,22 @@ class Daemon:
         self.stop = stop or threading.Event()
         self.notifier = notifier or Notifier()
         self.pulse = Pulse(time.monotonic)
-        self._stall_limit = stall_limit(
-            settings.upload.connect_timeout, settings.upload.read_timeout
+        self.guard = WatchdogGuard(
+            self.notifier,
+            self.pulse,
+            stall_limit(settings.upload.connect_timeout, settings.upload.read_timeout),
         )
         self._hints: set[tuple[str, str]] = set()
         self._hints_lock = threading.Lock()
-        self._wake_uploader = threading.Event()
         self._rescan_now = threading.Event()
         self._reload_asked = threading.Event()
         self._signal: str | None = None
         # Set to halt uploads (stop, operator pause, or a paused time window); parts in
         # flight are abandoned and resume from the database later.
         self.halt = threading.Event()
-        self.limit: Limit | None = None
-        self.paused_by: str | None = None
-        self.started_at = clock()
-        self._rate_samples: list[tuple[float, int]] = []
-        self._last_rate = 0.0
-        self._uploader_hang = threading.Event()
-        self._uploader: threading.Thread | None = None
+        self.limits = Limits(settings.upload, clock=clock)
+        self.vitals = Vitals(clock=clock, started_at=clock())
+        self.worker: UploadWorker | None = None
 
     def _on_path(self, path: Path) -> None:
         found = source_for_path(self.settings, path)
@@ -162,20 +157,18 @@ class Daemon:
         ingest = Ingest(self.settings, state, store, clock=self.clock, on_outcome=self._on_outcome)
         watcher = Watcher(self.settings.sources, self._on_path, self._rescan_now.set)
         try:
-            self._beat(state, "starting: recovering and reconciling")
+            self.vitals.beat(state, "starting: recovering and reconciling")
             # The fleet hears of the start at once, not after a long first scan.
             beater = self._start_beater(state)
             self.notifier.status("starting: recovering unfinished uploads, scanning sources")
             ingest.start_up()
             watcher.start()
+            worker = UploadWorker(ingest, stop=self.stop, halt=self.halt, pulse=self.pulse)
+            self.worker = worker
             self._apply_limits(state, store)
-            uploader = threading.Thread(
-                target=self._upload_loop, args=(ingest,), name="uploader", daemon=True
-            )
-            uploader.start()
-            self._uploader = uploader
-            line = self._status_line(state, store)
-            self._beat(state, line)
+            worker.start()
+            line = self.vitals.status_line(state, store.limiter.taken, self.limits.paused_by)
+            self.vitals.beat(state, line)
             self.notifier.ready(line)
             log.info(
                 "agent_started",
@@ -190,7 +183,7 @@ class Daemon:
             log.info("stop_requested", signal=self._signal)
             if beater is not None:
                 beater.stop()
-            uploader.join(STOP_GRACE)
+            worker.join(STOP_GRACE)
             # Only a clean stop is recorded as one: after a crash, status must say so.
             state.control.stopped(self.clock())
             if beater is not None:
@@ -231,70 +224,15 @@ class Daemon:
         self.metrics.retry(error)
         log_retry(error, attempt, delay)
 
-    def _beat(self, state: State, status: str) -> None:
-        state.control.beat(
-            pid=os.getpid(),
-            hostname=socket.gethostname(),
-            started_at=self.started_at,
-            now=self.clock(),
-            status=status,
-            rate=self._last_rate,
-            progress_at=state.ledger.acknowledged_at,
-        )
-
-    def _rate(self, store: S3Store) -> float:
-        """Bytes per second sent over the last RATE_WINDOW seconds."""
-        now = time.monotonic()
-        self._rate_samples.append((now, store.limiter.taken))
-        while len(self._rate_samples) > 2 and now - self._rate_samples[1][0] >= RATE_WINDOW:
-            self._rate_samples.pop(0)
-        first_at, first_bytes = self._rate_samples[0]
-        self._last_rate = (store.limiter.taken - first_bytes) / max(now - first_at, 1e-6)
-        return self._last_rate
-
-    def _status_line(self, state: State, store: S3Store) -> str:
-        counts = state.queries.session_counts()
-        files, size = state.queries.backlog()
-        done, total = state.queries.upload_progress()
-        last = state.queries.last_upload_at()
-        return health.status_line(
-            counts,
-            files,
-            size,
-            uploading_percent=100 * done / total if total else None,
-            rate=self._rate(store),
-            last_upload_age=None if last is None else self.clock() - last,
-            paused_by=self.paused_by,
-        )
-
     def _apply_limits(self, state: State, store: S3Store) -> None:
-        """Bring the bandwidth limit and the pause in line with the schedule and the
-        operator's `pause`/`resume`."""
-        upload = self.settings.upload
-        limit = limit_at(upload.windows, upload.max_bandwidth, datetime.now())
-        if limit != self.limit:
-            store.limiter.set_rate(limit.max_bandwidth)
-            log.info(
-                "upload_limit",
-                max_bandwidth=limit.max_bandwidth,
-                paused=limit.paused,
-                window=limit.window,
-            )
-            self.limit = limit
-        paused_by = limit.paused_by(state.control.flag(PAUSED_FLAG) is not None)
-        if paused_by != self.paused_by:
-            if paused_by:
-                log.info("uploads_paused", by=paused_by)
-            else:
-                log.info("uploads_resumed")
-                if self.paused_by is not None:  # not at start-up: a pause really ended
-                    state.control.set_flag(RESUMED_FLAG, str(self.clock()), self.clock())
-                self._wake_uploader.set()
-            self.paused_by = paused_by
-        if paused_by or self.stop.is_set():
-            self.halt.set()
-        else:
-            self.halt.clear()
+        worker = self.worker
+        self.limits.apply(
+            state,
+            store.limiter,
+            stop=self.stop,
+            halt=self.halt,
+            on_resume=worker.wake if worker is not None else lambda: None,
+        )
 
     def _serve_requests(self, state: State) -> None:
         for request_id, command, _argument in state.control.pending_requests():
@@ -306,64 +244,9 @@ class Daemon:
             log.info("control_request", command=command, result=result)
             state.control.request_done(request_id, result, self.clock())
 
-    def _answer_reload(self) -> None:
-        """SIGHUP: settings are read once, so a reload is refused; say whether the file on
-        disk differs and how to apply it, and never stop."""
-        self._reload_asked.clear()
-        try:
-            on_disk = load_settings(self.settings.config_path)
-        except AgentError as error:
-            log.warning(
-                "reload_ignored",
-                reason="reload is not supported; the config on disk is also invalid",
-                error=str(error).replace("\n", "; "),
-            )
-            return
-        changed = on_disk != self.settings
-        log.warning(
-            "reload_ignored",
-            reason="reload is not supported: restart the service to apply a changed config "
-            "(systemctl restart ingest-agent)",
-            config_changed=changed,
-        )
-
-    def _test_fault(self) -> str | None:
-        """The test-only fault asked for, if any (see FAULT_FILE)."""
-        if os.environ.get("AGENT_TEST_FAULTS") != "1":
-            return None
-        path = self.settings.agent.state_dir / FAULT_FILE
-        try:
-            what = path.read_text(encoding="ascii").strip()
-            path.unlink()
-        except (OSError, UnicodeDecodeError):
-            return None
-        log.warning("test_fault", hang=what)
-        return what
-
-    def _watchdog(self, now: float, next_ping: float) -> float:
-        """Ping the watchdog if it is time and the uploader is not stalled; return when the
-        next ping is due."""
-        interval = self.notifier.watchdog_interval
-        if interval is None or now < next_ping:
-            return next_ping
-        if self._uploader is not None and not self._uploader.is_alive():
-            log.critical(
-                "uploader_died",
-                error="the upload thread has ended: watchdog pings stopped, systemd restarts "
-                "the service",
-            )
-            return now + interval
-        stalled = self.pulse.stalled_for()
-        if stalled > self._stall_limit:
-            log.error(
-                "uploader_stalled",
-                error="no upload progress: watchdog pings stopped, systemd restarts the service",
-                stalled_s=round(stalled),
-                limit_s=round(self._stall_limit),
-            )
-            return now + interval
-        self.notifier.watchdog()
-        return now + interval
+    def _ping(self, next_ping: float) -> float:
+        died = self.worker is not None and self.worker.died()
+        return self.guard.ping(time.monotonic(), next_ping, died)
 
     def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher, store: S3Store) -> None:
         next_beat = 0.0
@@ -374,28 +257,29 @@ class Daemon:
 
         def reconcile_tick() -> bool:
             nonlocal next_ping
-            next_ping = self._watchdog(time.monotonic(), next_ping)
+            next_ping = self._ping(next_ping)
             return self.stop.is_set()
 
         while not self.stop.is_set():
             now = self.clock()
-            fault = self._test_fault()
+            fault = requested_fault(self.settings)
             if fault == "loop":
                 threading.Event().wait()  # hung on purpose: the watchdog must notice
-            elif fault == "uploader":
-                self._uploader_hang.set()
+            elif fault == "uploader" and self.worker is not None:
+                self.worker.hang.set()
             moved = (store.limiter.taken, Tally.value)
             if moved != last_moved:
                 last_moved = moved
                 self.pulse.beat()
-            next_ping = self._watchdog(time.monotonic(), next_ping)
+            next_ping = self._ping(next_ping)
             if self._reload_asked.is_set():
-                self._answer_reload()
+                self._reload_asked.clear()
+                answer_reload(self.settings)
             self._apply_limits(state, store)
             self._serve_requests(state)
             if now >= next_beat:
-                line = self._status_line(state, store)
-                self._beat(state, line)
+                line = self.vitals.status_line(state, store.limiter.taken, self.limits.paused_by)
+                self.vitals.beat(state, line)
                 self.notifier.status(line)
                 next_beat = now + self.settings.agent.heartbeat_interval
             self.metrics.tick(now)
@@ -412,42 +296,44 @@ class Daemon:
                 ingest.reconcile(reconcile_tick)
                 next_rescan = now + self.settings.agent.rescan_interval
             ingest.recheck_waiting()
-            if ingest.due_sessions():
-                self._wake_uploader.set()
+            if ingest.due_sessions() and self.worker is not None:
+                self.worker.wake()
             logs.flush_repeats()
             self.stop.wait(TICK)
         self.halt.set()
-        self._wake_uploader.set()
+        if self.worker is not None:
+            self.worker.wake()
 
-    def _upload_loop(self, ingest: Ingest) -> None:
-        while not self.stop.is_set():
-            self.pulse.idle()
-            self._wake_uploader.wait(TICK * 4)
-            self._wake_uploader.clear()
-            if self._uploader_hang.is_set():
-                self.pulse.busy()
-                threading.Event().wait()  # hung on purpose, like an S3 call that never ends
-            try:
-                self._upload_round(ingest)
-            except Exception:
-                # E.g. the database busy or full while listing due sessions: the thread
-                # must outlive it (if it died, the watchdog pings stop: see _watchdog).
-                log.exception("upload_loop_error", error="listing sessions to upload failed")
-                self.stop.wait(TICK * 4)
 
-    def _upload_round(self, ingest: Ingest) -> None:
-        """Upload every due session, then send early parts of growing ones; stop at a halt."""
-        passes = (
-            (ingest.due_sessions, ingest.upload),
-            (ingest.growing_sessions, ingest.upload_growing),
+def answer_reload(settings: Settings) -> None:
+    """SIGHUP: settings are read once, so a reload is refused; say whether the file on disk
+    differs and how to apply it, and never stop."""
+    try:
+        on_disk = load_settings(settings.config_path)
+    except AgentError as error:
+        log.warning(
+            "reload_ignored",
+            reason="reload is not supported; the config on disk is also invalid",
+            error=str(error).replace("\n", "; "),
         )
-        for sessions_of, upload in passes:
-            for record in sessions_of():
-                if self.stop.is_set() or self.halt.is_set():
-                    return
-                self.pulse.busy()
-                try:
-                    upload(record)
-                except Exception:
-                    log.exception("upload_loop_error", session=record.id)
-                self.pulse.beat()
+        return
+    log.warning(
+        "reload_ignored",
+        reason="reload is not supported: restart the service to apply a changed config "
+        "(systemctl restart ingest-agent)",
+        config_changed=on_disk != settings,
+    )
+
+
+def requested_fault(settings: Settings) -> str | None:
+    """The test-only fault asked for, if any (see FAULT_FILE)."""
+    if os.environ.get("AGENT_TEST_FAULTS") != "1":
+        return None
+    path = settings.agent.state_dir / FAULT_FILE
+    try:
+        what = path.read_text(encoding="ascii").strip()
+        path.unlink()
+    except (OSError, UnicodeDecodeError):
+        return None
+    log.warning("test_fault", hang=what)
+    return what

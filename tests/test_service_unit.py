@@ -1,75 +1,93 @@
-"""The daemon's watchdog guard and upload loop, in process, with an injected notifier."""
+"""The daemon's watchdog guard and upload worker, in process, with an injected notifier and
+clock; and the reconcile's tick."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
-from typing import Any
+import time
+from collections.abc import Callable
 
+import pytest
+
+from agent import worker as worker_module
 from agent.checksums import RunningChecksum, Tally
 from agent.ingest import Ingest
-from agent.notify import Notifier
-from agent.service import Daemon
-from agent.state import State
+from agent.notify import Notifier, Pulse
+from agent.state import SessionRecord, State
 from agent.transfer import store_from_settings
+from agent.vitals import WatchdogGuard
+from agent.worker import UploadWorker
 from tests.conftest import Rig
 
 
-def daemon_with(rig: Rig, sent: list[str]) -> Daemon:
+def test_no_watchdog_ping_once_the_upload_thread_has_died() -> None:
+    sent: list[str] = []
     notifier = Notifier(
         environ={"NOTIFY_SOCKET": "/unused", "WATCHDOG_USEC": "2000000"}, send=sent.append
     )
-    return Daemon(rig.settings(), notifier=notifier)
-
-
-def test_no_watchdog_ping_once_the_upload_thread_has_died(make_rig: Callable[..., Rig]) -> None:
-    sent: list[str] = []
-    daemon = daemon_with(make_rig(), sent)
-    alive = threading.Event()
-    thread = threading.Thread(target=alive.wait)
-    thread.start()
-    daemon._uploader = thread
-    daemon._watchdog(100.0, 0.0)
+    pulse = Pulse(lambda: 0.0)
+    guard = WatchdogGuard(notifier, pulse, stall_limit=60.0)
+    assert guard.ping(100.0, 0.0, uploader_died=False) == 101.0  # every half of 2 s
     assert sent == ["WATCHDOG=1"]
-    alive.set()
-    thread.join()
-    daemon._watchdog(200.0, 0.0)
+    assert guard.ping(100.5, 101.0, uploader_died=False) == 101.0  # not due yet
+    guard.ping(200.0, 0.0, uploader_died=True)
     assert sent == ["WATCHDOG=1"]  # dead uploader: no more pings
 
 
-class FlakyIngest:
-    """Our Ingest's two listing calls; the first listing fails as a locked database would."""
+def test_no_watchdog_ping_while_the_uploader_is_busy_without_a_pulse() -> None:
+    sent: list[str] = []
+    notifier = Notifier(
+        environ={"NOTIFY_SOCKET": "/unused", "WATCHDOG_USEC": "2000000"}, send=sent.append
+    )
+    now = [0.0]
+    pulse = Pulse(lambda: now[0])
+    guard = WatchdogGuard(notifier, pulse, stall_limit=60.0)
+    pulse.busy()
+    now[0] = 59.0
+    guard.ping(1.0, 0.0, uploader_died=False)
+    assert sent == ["WATCHDOG=1"]
+    now[0] = 61.0
+    guard.ping(2.0, 0.0, uploader_died=False)
+    assert sent == ["WATCHDOG=1"]  # stalled past the limit: systemd may restart it
+    pulse.beat()
+    guard.ping(3.0, 0.0, uploader_died=False)
+    assert sent == ["WATCHDOG=1", "WATCHDOG=1"]
 
-    def __init__(self, daemon: Daemon) -> None:
-        self.daemon = daemon
+
+class FlakyUploads:
+    """The worker's view of Ingest; the first listing fails as a locked database would."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
         self.calls = 0
 
-    def due_sessions(self) -> list[Any]:
+    def due_sessions(self) -> list[SessionRecord]:
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("database is locked")
         if self.calls >= 3:
-            self.daemon.stop.set()
+            self.stop.set()
         return []
 
-    def growing_sessions(self) -> Iterator[Any]:
-        return iter(())
+    def growing_sessions(self) -> list[SessionRecord]:
+        return []
 
-    def upload(self, record: Any) -> None:
+    def upload(self, record: SessionRecord) -> None:
         raise AssertionError("nothing is due")
 
     upload_growing = upload
 
 
-def test_upload_loop_survives_an_error_while_listing(make_rig: Callable[..., Rig]) -> None:
-    daemon = daemon_with(make_rig(), [])
-    ingest = FlakyIngest(daemon)
-    thread = threading.Thread(target=daemon._upload_loop, args=(ingest,))
-    daemon._wake_uploader.set()
-    thread.start()
-    thread.join(30)
-    assert not thread.is_alive()
-    assert ingest.calls >= 3  # it went on listing after the failure
+def test_upload_loop_survives_an_error_while_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(worker_module, "IDLE_WAIT", 0.01)
+    stop = threading.Event()
+    uploads = FlakyUploads(stop)
+    worker = UploadWorker(uploads, stop=stop, halt=threading.Event(), pulse=Pulse(time.monotonic))
+    worker.start()
+    worker.wake()
+    worker.join(30)
+    assert worker.died()  # ended because stop was set, not because of the error
+    assert uploads.calls >= 3  # it went on listing after the failure
 
 
 def test_hashing_local_bytes_counts_as_progress() -> None:
