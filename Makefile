@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd
 
-.PHONY: demo test lint typecheck unit system-deps venv bench clean unit-check systemd-test
+.PHONY: demo test lint typecheck unit fast system-deps venv bench clean unit-check systemd-test
 
 # $(call apt_install,PACKAGES): apt-get install only those not installed yet (sudo if not root).
 define apt_install
@@ -43,6 +43,10 @@ typecheck: venv
 
 unit: venv
 	$(BIN)/pytest -q
+
+# The fast layer of the test pyramid alone: no server, no daemon (README, Development).
+fast: venv
+	$(BIN)/pytest -q -m "not slow"
 
 test: lint typecheck unit
 

@@ -26,6 +26,17 @@ os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 for _variable in ("JOURNAL_STREAM", "INVOCATION_ID", "NOTIFY_SOCKET", "WATCHDOG_USEC"):
     os.environ.pop(_variable, None)
 _bucket_numbers = itertools.count()
+# Fixtures that start a server or a daemon: a test using any of them is end to end, the top of
+# the pyramid, and is marked `slow` without having to say so (`pytest -m "not slow"` runs the
+# fast layer alone).
+SLOW_FIXTURES = frozenset({"s3_server", "iam_server"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test that uses a server fixture `slow`."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
