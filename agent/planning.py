@@ -36,11 +36,6 @@ def join_key(*segments: str) -> str:
     return "/".join(segment.strip("/") for segment in segments if segment.strip("/"))
 
 
-def session_key_prefix(prefix: str, source_name: str, session_rel_path: str) -> str:
-    """`{prefix}/{source}/{session path}`, an empty prefix dropping its segment."""
-    return join_key(prefix, source_name, session_rel_path)
-
-
 def object_key(session_prefix: str, file_rel_path: str) -> str:
     """The key of one file of a session."""
     return join_key(session_prefix, file_rel_path)
@@ -81,11 +76,6 @@ def multipart_etag(part_etags: Iterable[str]) -> str:
     support on the server."""
     digests = [bytes.fromhex(etag.strip('"')) for etag in part_etags]
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
-
-
-def needs_upload(size: int, mtime_ns: int, uploaded: tuple[int, int] | None) -> bool:
-    """A file needs sending unless it was uploaded with the same size and mtime."""
-    return uploaded is None or uploaded != (size, mtime_ns)
 
 
 def build_manifest(
@@ -163,8 +153,8 @@ def unsafe_name_reason(rel_path: str) -> str | None:
 
 # --- layouts and key templates ------------------------------------------------------------------
 
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_STRICT_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_STRICT_SEGMENT = re.compile(r"[A-Za-z0-9._-]+\Z")
 BUILTIN_KEY_FIELDS = ("source", "path", "agent")
 DEFAULT_KEY_TEMPLATE = "{source}/{path}"
 
@@ -216,7 +206,7 @@ class Layout:
                     regex += f"(?P<{name}>.+?)"
             names = template_fields(segment)
             fields.extend(names)
-            compiled.append(re.compile(f"^{regex}$"))
+            compiled.append(re.compile(f"{regex}\\Z"))  # \Z: `$` would match before a final newline
         repeated = sorted({name for name in fields if fields.count(name) > 1})
         if repeated:
             raise ValueError(f"{pattern!r} uses {', '.join(repeated)} more than once")

@@ -97,11 +97,6 @@ class SessionScan:
     excluded: tuple[str, ...]
     unreadable: tuple[str, ...]
 
-    @property
-    def total_bytes(self) -> int:
-        """Sum of the sizes of every (not excluded) file."""
-        return sum(item.size for item in self.files)
-
     def fingerprint(self) -> tuple[tuple[str, int, int], ...]:
         """A value that changes whenever any file appears, vanishes, grows or is touched."""
         return tuple((item.rel_path, item.size, item.mtime_ns) for item in self.files)

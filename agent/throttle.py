@@ -41,8 +41,15 @@ class TokenBucket:
     def set_rate(self, rate: float) -> None:
         """Change the rate (e.g. when a time window starts)."""
         with self._lock:
+            # Settle the time that passed at the old rate first: debt already waited off
+            # must not be charged again at the new one.
+            now = self._clock()
+            if self.rate > 0:
+                self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
             self.rate = rate
             self.burst = max(rate / 4, 64 * 1024)
+            self._tokens = min(self._tokens, self.burst)
 
     def take(self, amount: int, stop: threading.Event | None = None) -> None:
         """Block until `amount` bytes may be sent. Raise Interrupted if `stop` is set."""

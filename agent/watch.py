@@ -7,6 +7,7 @@ when inotify cannot be used (watch limit reached, network filesystem).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import threading
@@ -161,6 +162,10 @@ class Watcher:
                     observer.schedule(handler, str(source.path), recursive=True)
                     observer.start()
                 except OSError as error:
+                    # Give back the inotify instance and the watches it did add: they count
+                    # against the same limits as every other source's.
+                    with contextlib.suppress(Exception):
+                        observer.stop()
                     if error.errno in (errno.ENOSPC, errno.EMFILE):
                         log.error(
                             "inotify_limit_reached",

@@ -20,7 +20,6 @@ from agent.planning import (
     part_size_for,
     plan_parts,
     render_key_template,
-    session_key_prefix,
     strict_name_reason,
     template_root,
     unsafe_name_reason,
@@ -74,10 +73,8 @@ def test_empty_session_is_not_ready() -> None:
 
 
 def test_default_keys() -> None:
-    prefix = session_key_prefix("rig-01", "ephys", "mouse1/2026-11-23")
-    assert prefix == "rig-01/ephys/mouse1/2026-11-23"
+    prefix = "rig-01/ephys/mouse1/2026-11-23"
     assert object_key(prefix, "probe0/x.bin") == "rig-01/ephys/mouse1/2026-11-23/probe0/x.bin"
-    assert session_key_prefix("", "ephys", "m/s") == "ephys/m/s"
 
 
 @given(st.integers(0, 5 * 1024**4), st.integers(MIN_PART_SIZE, 64 * 1024**2))
