@@ -1,0 +1,161 @@
+"""A whole small file in one conditional PUT, and the policy for an object already at a key.
+
+Owns: what the agent does when it finds an object at a file's key (ARCHITECTURE.md, "Durable
+state"). Before sending, an object of the same size is accepted as this file when its bytes
+provably match (the agent's checksum metadata, or the multipart ETag of the local part MD5s).
+A first-time PUT is conditional (If-None-Match) where the server supports it; on a 412, ours
+with the same bytes is done, ours from an earlier version is replaced, and another writer's
+is refused, never overwritten. Does not read files into memory for sending (that is
+`agent.engine.reading`) nor send multipart uploads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from agent.checksums import RunningChecksum
+from agent.engine.context import EngineContext, check_record_unchanged, source_path
+from agent.engine.pipeline import Sent
+from agent.errors import FileChangedError, PermanentTransferError
+from agent.planning import multipart_etag
+from agent.scan import open_source
+from agent.state import FileRecord, SessionRecord
+from agent.transfer import AGENT_METADATA_MARK, ObjectInfo, PreconditionFailedError
+
+log = structlog.get_logger("agent.upload")
+
+
+class SinglePut:
+    """Sends small files whole, and settles what it finds at their keys."""
+
+    def __init__(self, context: EngineContext) -> None:
+        self.context = context
+
+    def already_there(self, session: SessionRecord, record: FileRecord) -> bool:
+        """An object of the right size is at the key: if it holds this file's bytes, record
+        the file as uploaded and return True (nothing to send); otherwise False."""
+        info = self.context.store.head(record.key)
+        if info is None or info.size != record.size:
+            return False
+        match = local_matches(source_path(session, record), record, info, self.context.algorithm)
+        if match is None:
+            return False
+        self.context.ledger.file_uploaded(
+            record,
+            checksum=match,
+            checksum_algorithm=self.context.algorithm,
+            etag=info.etag,
+            now=self.context.clock(),
+        )
+        log.info("already_in_s3", session=session.id, file=record.rel_path, key=record.key)
+        return True
+
+    def send(self, path: Path, record: FileRecord, data: bytes, checksum: str) -> None:
+        """PUT `data` (the whole file at `path`, with `checksum`) at the file's key, then
+        record the file as uploaded if it did not change meanwhile.
+
+        Raise FileChangedError if it did, and PermanentTransferError if another writer's
+        object is at the key."""
+        context = self.context
+        metadata = context.metadata(record, **{"agent-checksum": checksum})
+        try:
+            etag = context.store.put(
+                record.key,
+                data,
+                metadata=metadata,
+                checksum=context.header(checksum),
+                only_if_absent=record.uploaded_size is None,
+            )
+        except PreconditionFailedError:
+            etag = self._settle_existing(record, data, checksum, metadata)
+        check_record_unchanged(path, record)
+        context.ledger.file_uploaded(
+            record,
+            checksum=checksum,
+            checksum_algorithm=context.algorithm,
+            etag=etag,
+            now=context.clock(),
+        )
+        log.info(
+            "file_uploaded",
+            session=record.session_id,
+            file=record.rel_path,
+            key=record.key,
+            bytes=record.size,
+            parts=0,
+        )
+
+    def _settle_existing(
+        self, record: FileRecord, data: bytes, checksum: str, metadata: dict[str, str]
+    ) -> str:
+        """A conditional PUT found an object at the key. Ours with the same bytes: done.
+        Ours from an earlier version: replace it. Someone else's: refuse to overwrite."""
+        store, header = self.context.store, self.context.header(checksum)
+        info = store.head(record.key)
+        if info is None:
+            return store.put(record.key, data, metadata=metadata, checksum=header)
+        if info.size == record.size and info.metadata.get("agent-checksum") == checksum:
+            return info.etag
+        if info.metadata.get(AGENT_METADATA_MARK) == self.context.agent_name:
+            return store.put(record.key, data, metadata=metadata, checksum=header)
+        raise PermanentTransferError(
+            "PutObject",
+            record.key,
+            "an object not written by this agent is already at this key; refusing to overwrite "
+            "it (move it away or change the destination prefix)",
+        )
+
+
+@dataclass
+class FileUnit:
+    """A whole small file, read and ready to send."""
+
+    record: FileRecord
+    reserved: int
+    sender: SinglePut
+    path: Path
+    data: bytes
+    checksum: str
+
+    def send(self, note: Callable[[Sent], None]) -> None:
+        """Send the file."""
+        self.sender.send(self.path, self.record, self.data, self.checksum)
+        note(Sent(files=1, bytes=len(self.data)))
+
+
+def local_matches(path: Path, record: FileRecord, info: ObjectInfo, algorithm: str) -> str | None:
+    """Read a local file once; if it holds the same bytes as the object described by `info`
+    (by the agent's checksum metadata, or the multipart ETag for its part size), return the
+    file's checksum; otherwise None."""
+    stored = info.metadata.get("agent-checksum")
+    stored_algorithm = info.metadata.get("agent-checksum-algorithm")
+    part_size_text = info.metadata.get("agent-part-size")
+    running = RunningChecksum(algorithm)
+    part_digests: list[str] = []
+    part_size = int(part_size_text) if part_size_text and part_size_text.isdigit() else 0
+    try:
+        with open_source(path, inode=record.inode, device=record.device) as (handle, opened):
+            if (opened.st_size, opened.st_mtime_ns) != (record.size, record.mtime_ns):
+                return None
+            while True:
+                block = handle.read(part_size or 8 * 1024**2)
+                if not block and (part_digests or not part_size):
+                    break
+                running.update(block)
+                if part_size:
+                    part_digests.append(hashlib.md5(block).hexdigest())
+                if not block:
+                    break
+    except (OSError, FileChangedError):
+        return None
+    checksum = running.value()
+    if stored is not None and stored_algorithm == algorithm:
+        return checksum if stored == checksum else None
+    if part_size and info.etag.endswith(f"-{len(part_digests)}"):
+        return checksum if multipart_etag(part_digests) == info.etag else None
+    return None

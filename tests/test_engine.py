@@ -1,0 +1,398 @@
+"""The upload engine against a real S3 server (moto on loopback), with the in-memory ledger.
+
+Each test builds one session folder, a `MemoryLedger` holding what a scan would have
+recorded, and a real `S3Store`; it then tampers with the bucket through a plain boto3 client
+(another writer's object at our key, a part lost behind the agent's back) and checks what the
+engine promises: it never overwrites another writer's object, it sends again exactly the
+parts the server does not hold, both passes turn any failure into an error in the outcome,
+and the running checksum recorded with each part is that of the file up to the part's end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+import sqlite3
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.checksums import RunningChecksum
+from agent.config import Settings, settings_from_mapping
+from agent.errors import PermanentTransferError
+from agent.planning import object_key, plan_parts
+from agent.state import DONE, PENDING, FileRecord, PartRecord, SessionRecord
+from agent.transfer import AGENT_METADATA_MARK, S3Store, store_from_settings
+from agent.upload import SessionUploader
+from tests.fakes import MemoryLedger
+from tests.s3server import S3TestServer
+
+MIB = 1024**2
+AGENT_NAME = "engine-test"
+SESSION_ID = "ephys/mouse1/s1"
+PREFIX = "rig-01/ephys/mouse1/s1"
+
+pytestmark = pytest.mark.slow
+
+
+@dataclasses.dataclass
+class Bench:
+    """One session folder, the engine over a memory ledger, and the bucket it writes to."""
+
+    folder: Path
+    settings: Settings
+    ledger: MemoryLedger
+    store: S3Store
+    bucket: str
+    client: Any
+
+    def uploader(self) -> SessionUploader:
+        return SessionUploader(self.settings, self.ledger, self.store, clock=time.time)
+
+    def add_file(self, rel_path: str, data: bytes) -> FileRecord:
+        """Write a file into the session and record it as a scan would."""
+        path = self.folder / rel_path
+        path.write_bytes(data)
+        return self.record(rel_path)
+
+    def record(self, rel_path: str) -> FileRecord:
+        """Record the file as it is now (pending), as a scan would."""
+        info = (self.folder / rel_path).stat()
+        record = FileRecord(
+            session_id=SESSION_ID,
+            rel_path=rel_path,
+            size=info.st_size,
+            mtime_ns=info.st_mtime_ns,
+            inode=info.st_ino,
+            key=object_key(PREFIX, rel_path),
+            state=PENDING,
+            checksum=None,
+            checksum_algorithm=None,
+            etag=None,
+            uploaded_size=None,
+            uploaded_mtime_ns=None,
+            uploaded_at=None,
+            error=None,
+            device=info.st_dev,
+        )
+        self.ledger.add(record)
+        return record
+
+    def session(self) -> SessionRecord:
+        return SessionRecord(
+            id=SESSION_ID,
+            source="ephys",
+            rel_path="mouse1/s1",
+            path=str(self.folder),
+            state="uploading",
+            files=len(self.ledger.files),
+            bytes=sum(record.size for record in self.ledger.files.values()),
+            uploaded_bytes=0,
+            key_prefix=PREFIX,
+            manifest_key=None,
+            manifest_revision=0,
+            metadata={},
+            fingerprint="",
+            detected_at=0.0,
+            last_change_at=0.0,
+            completed_at=None,
+            uploaded_at=None,
+            error=None,
+            reason=None,
+            attempts=0,
+            next_attempt_at=None,
+            local_missing=False,
+        )
+
+    def object_bytes(self, key: str) -> bytes:
+        return bytes(self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+
+@pytest.fixture
+def bench(tmp_path: Path, s3: S3TestServer, client: Any) -> Bench:
+    bucket = f"engine-{os.getpid()}-{time.monotonic_ns()}"
+    client.create_bucket(Bucket=bucket)
+    folder = tmp_path / "recordings" / "mouse1" / "s1"
+    folder.mkdir(parents=True)
+    settings = settings_from_mapping(
+        {
+            "agent": {"name": AGENT_NAME, "state_dir": str(tmp_path / "state")},
+            "destination": {
+                "bucket": bucket,
+                "prefix": "rig-01",
+                "endpoint_url": s3.url,
+                "region": "us-east-1",
+            },
+            "upload": {
+                "part_size": "5MiB",
+                "multipart_threshold": "6MiB",
+                "concurrency": 2,
+                "retry_delay": "0.05s",
+                "retries": 1,
+            },
+            "source": [{"name": "ephys", "path": str(tmp_path / "recordings")}],
+        },
+        "engine-test.toml",
+    )
+    store = store_from_settings(settings.destination, settings.upload)
+    return Bench(folder, settings, MemoryLedger(), store, bucket, client)
+
+
+def running_value(data: bytes, algorithm: str = "crc32c") -> str | None:
+    """The resumable running checksum of `data` from its first byte, computed apart."""
+    running = RunningChecksum(algorithm)
+    running.update(data)
+    return running.save()
+
+
+def whole_checksum(data: bytes, algorithm: str = "crc32c") -> str:
+    running = RunningChecksum(algorithm)
+    running.update(data)
+    return running.value()
+
+
+# --- the existing-object policy ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("same_size", [False, True], ids=["other-size", "same-size"])
+def test_another_writers_object_at_the_key_is_refused_not_overwritten(
+    bench: Bench, s3: S3TestServer, same_size: bool
+) -> None:
+    data = os.urandom(64 * 1024)
+    record = bench.add_file("meta.bin", data)
+    theirs = os.urandom(len(data) if same_size else 1000)
+    bench.client.put_object(Bucket=bench.bucket, Key=record.key, Body=theirs)
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert bench.object_bytes(record.key) == theirs
+    assert len(outcome.errors) == 1, outcome
+    error = outcome.errors[0]
+    assert isinstance(error, PermanentTransferError)
+    assert error.key == record.key
+    assert "refusing to overwrite" in str(error)
+    assert not outcome.complete
+    assert bench.ledger.files[(SESSION_ID, "meta.bin")].state == PENDING
+    assert bench.ledger.manifests == {}
+
+
+def test_an_older_version_this_agent_wrote_is_replaced(bench: Bench, s3: S3TestServer) -> None:
+    data = os.urandom(64 * 1024)
+    record = bench.add_file("meta.bin", data)
+    ours_before = os.urandom(1000)
+    bench.client.put_object(
+        Bucket=bench.bucket,
+        Key=record.key,
+        Body=ours_before,
+        Metadata={AGENT_METADATA_MARK: AGENT_NAME},
+    )
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.errors == []
+    assert outcome.complete
+    assert bench.object_bytes(record.key) == data
+    assert bench.ledger.files[(SESSION_ID, "meta.bin")].state == DONE
+
+
+def test_same_bytes_already_at_the_key_are_recorded_without_sending(
+    bench: Bench, s3: S3TestServer
+) -> None:
+    data = os.urandom(64 * 1024)
+    record = bench.add_file("meta.bin", data)
+    checksum = whole_checksum(data)
+    bench.client.put_object(
+        Bucket=bench.bucket,
+        Key=record.key,
+        Body=data,
+        Metadata={"agent-checksum": checksum, "agent-checksum-algorithm": "crc32c"},
+    )
+    s3.reset()
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.complete, outcome
+    assert outcome.files_already_there == 1
+    assert [r.path for r in s3.of("PutObject")] == [
+        f"/{bench.bucket}/{PREFIX}/ingest-manifest.json"
+    ]
+    assert bench.ledger.files[(SESSION_ID, "meta.bin")].checksum == checksum
+
+
+# --- resume: the ListParts cross-check --------------------------------------------------------
+
+
+def start_recorded_upload(bench: Bench, record: FileRecord, data: bytes, numbers: list[int]) -> str:
+    """A multipart upload the agent started in an earlier run: created on the server, parts
+    `numbers` sent, and all of it recorded in the ledger as the engine records it."""
+    part_size = 5 * MIB
+    answer = bench.client.create_multipart_upload(
+        Bucket=bench.bucket, Key=record.key, Metadata={AGENT_METADATA_MARK: AGENT_NAME}
+    )
+    upload_id = str(answer["UploadId"])
+    bench.ledger.upload_started(
+        upload_id=upload_id,
+        record=record,
+        part_size=part_size,
+        checksum_algorithm="crc32c",
+        now=time.time(),
+    )
+    for part in plan_parts(len(data), part_size):
+        if part.number not in numbers:
+            continue
+        body = data[part.offset : part.offset + part.length]
+        sent = bench.client.upload_part(
+            Bucket=bench.bucket,
+            Key=record.key,
+            UploadId=upload_id,
+            PartNumber=part.number,
+            Body=body,
+        )
+        bench.ledger.part_finished(
+            upload_id,
+            PartRecord(
+                part.number,
+                str(sent["ETag"]).strip('"'),
+                whole_checksum(body),
+                part.length,
+                running_value(data[: part.offset + part.length]),
+            ),
+        )
+    return upload_id
+
+
+def test_resume_with_every_recorded_part_on_the_server_sends_only_the_rest(
+    bench: Bench, s3: S3TestServer
+) -> None:
+    data = os.urandom(12 * MIB + 4321)  # parts of 5 MiB, 5 MiB and a short third
+    record = bench.add_file("continuous.ap.bin", data)
+    start_recorded_upload(bench, record, data, [1, 2])
+    s3.reset()
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.complete, outcome
+    assert [r.part_number for r in s3.completed("UploadPart")] == [3]
+    assert s3.count("ListParts") == 1
+    assert s3.count("CreateMultipartUpload") == 0
+    assert bench.object_bytes(record.key) == data
+    done = bench.ledger.files[(SESSION_ID, "continuous.ap.bin")]
+    assert done.state == DONE
+    assert done.checksum == whole_checksum(data)
+    assert bench.ledger.uploads == {}
+
+
+@pytest.mark.parametrize("how", ["never-arrived", "replaced"])
+def test_resume_sends_again_recorded_parts_the_server_does_not_hold(
+    bench: Bench, s3: S3TestServer, how: str
+) -> None:
+    data = os.urandom(12 * MIB + 4321)
+    record = bench.add_file("continuous.ap.bin", data)
+    upload_id = start_recorded_upload(bench, record, data, [1, 2])
+    if how == "never-arrived":
+        # The ledger holds a part 3 the server never acknowledged to anyone.
+        tail = data[10 * MIB :]
+        bench.ledger.part_finished(
+            upload_id,
+            PartRecord(
+                3,
+                hashlib.md5(tail).hexdigest(),
+                whole_checksum(tail),
+                len(tail),
+                running_value(data),
+            ),
+        )
+        lost = [3]
+    else:
+        # Part 2 was sent again behind the agent's back with other bytes: the ETag the
+        # ledger holds is no longer the server's.
+        bench.client.upload_part(
+            Bucket=bench.bucket,
+            Key=record.key,
+            UploadId=upload_id,
+            PartNumber=2,
+            Body=os.urandom(5 * MIB),
+        )
+        lost = [2, 3]
+    s3.reset()
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.errors == [], outcome
+    assert sorted(r.part_number or 0 for r in s3.completed("UploadPart")) == lost
+    assert outcome.complete
+    assert bench.object_bytes(record.key) == data
+    done = bench.ledger.files[(SESSION_ID, "continuous.ap.bin")]
+    assert done.checksum == whole_checksum(data)
+
+
+# --- the growing pass -------------------------------------------------------------------------
+
+
+def test_growing_pass_records_the_running_checksum_up_to_each_parts_end(
+    bench: Bench, s3: S3TestServer
+) -> None:
+    part_size = 1 * MIB
+    path = bench.folder / "continuous.ap.bin"
+    data = os.urandom(4 * part_size + 1000)  # parts 1-3 lie a part below the end
+    path.write_bytes(data)
+    bench.record("continuous.ap.bin")
+    uploader = bench.uploader()
+
+    first = uploader.upload_growing(bench.session(), part_size)
+    assert first.errors == [], first
+    upload = bench.ledger.upload_for(SESSION_ID, "continuous.ap.bin")
+    assert upload is not None and upload.growing
+    assert [part.number for part in upload.parts] == [1, 2, 3]
+
+    # The file grows; the next pass continues from the parts recorded by the first.
+    more = os.urandom(3 * part_size)
+    with path.open("ab") as recording:
+        recording.write(more)
+    data += more
+    bench.record("continuous.ap.bin")
+    second = uploader.upload_growing(bench.session(), part_size)
+    assert second.errors == [], second
+
+    upload = bench.ledger.upload_for(SESSION_ID, "continuous.ap.bin")
+    assert upload is not None
+    assert [part.number for part in upload.parts] == [1, 2, 3, 4, 5, 6]
+    for part in upload.parts:
+        end = part.number * part_size
+        assert part.running_checksum == running_value(data[:end]), part.number
+        assert part.checksum == whole_checksum(data[end - part_size : end]), part.number
+
+
+# --- one error mapping for both passes --------------------------------------------------------
+
+
+class LedgerWithBrokenParts(MemoryLedger):
+    """A ledger whose disk fails when a part is recorded (as SQLite does on EIO)."""
+
+    def part_finished(self, upload_id: str, part: PartRecord) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+
+@pytest.mark.parametrize("which", ["growing", "final"])
+def test_an_unexpected_error_in_a_worker_is_an_error_of_the_outcome(
+    bench: Bench, s3: S3TestServer, which: str
+) -> None:
+    bench.ledger = LedgerWithBrokenParts()
+    record = bench.add_file("continuous.ap.bin", os.urandom(12 * MIB))
+    uploader = bench.uploader()
+
+    if which == "growing":
+        outcome = uploader.upload_growing(bench.session(), 5 * MIB)
+    else:
+        outcome = uploader.upload_session(bench.session())
+
+    assert outcome.errors, outcome
+    assert all(isinstance(error, PermanentTransferError) for error in outcome.errors)
+    assert "OperationalError: disk I/O error" in str(outcome.errors[0])
+    assert outcome.errors[0].key == record.key
+    assert not outcome.complete
+    assert Counter(r.operation for r in s3.of("CompleteMultipartUpload")) == Counter()
