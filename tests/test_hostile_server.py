@@ -94,7 +94,7 @@ def test_405_on_other_operations_stays_permanent() -> None:
     (an object-lock or versioning refusal, say) it is a real, permanent error."""
     import botocore.exceptions  # noqa: PLC0415
 
-    from agent.transfer import NotImplementedByServerError, classify_error  # noqa: PLC0415
+    from agent.s3errors import NotImplementedByServerError, classify_error  # noqa: PLC0415
 
     response: Any = {
         "Error": {"Code": "MethodNotAllowed", "Message": "no"},

@@ -63,7 +63,9 @@ def test_required_files_and_min_age() -> None:
     assert judge(both, rule, 161).ready
 
 
-def test_future_mtime_counts_as_now() -> None:
+def test_a_last_change_after_now_is_not_ready() -> None:
+    # The store never records a last change after now (a file dated in the future counts as
+    # changed now): tests/test_ledger.py::test_a_file_dated_in_the_future_counts_as_changed_now.
     verdict = judge(Observation(("a",), 5000, 0), Rule(10), 100)
     assert not verdict.ready
 

@@ -18,14 +18,14 @@ from agent.errors import (
     RetryableTransferError,
     TransferError,
 )
-from agent.transfer import (
+from agent.s3errors import (
     OPTIONAL_OPERATIONS,
     NotImplementedByServerError,
     PreconditionFailedError,
-    S3Store,
     backoff_delay,
     classify_error,
 )
+from agent.transfer import S3Store
 
 
 def client_error(

@@ -17,7 +17,7 @@ from agent.config import DestinationSettings, UploadSettings
 from agent.doctor.checks import FAIL, OK, Check, _user, mask_key_id
 from agent.planning import join_key
 from agent.redact import SECRETS, redact
-from agent.transfer import NotImplementedByServerError, classify_error
+from agent.s3errors import NotImplementedByServerError, classify_error
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

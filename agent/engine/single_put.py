@@ -23,9 +23,10 @@ from agent.engine.context import EngineContext, check_record_unchanged, source_p
 from agent.engine.pipeline import Sent
 from agent.errors import FileChangedError, PermanentTransferError
 from agent.planning import multipart_etag
+from agent.s3errors import PreconditionFailedError
 from agent.scan import open_source
 from agent.state import FileRecord, SessionRecord
-from agent.transfer import AGENT_METADATA_MARK, ObjectInfo, PreconditionFailedError
+from agent.transfer import AGENT_METADATA_MARK, ObjectInfo
 
 log = structlog.get_logger("agent.upload")
 
