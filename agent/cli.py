@@ -1,6 +1,7 @@
 """`agentctl`: parses arguments, calls the library, formats output, maps errors to exit codes.
 
-No policy and no SQL here.
+No policy and no SQL here. The exit codes, and the output of the long commands (a sync pass,
+its dry run, the fleet table), are in agent/cli_output.py.
 """
 
 from __future__ import annotations
@@ -10,15 +11,20 @@ import dataclasses
 import faulthandler
 import json
 import sys
-import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from agent import __version__, health, lock, logs
 from agent.actions import control
-from agent.actions.control import live_daemon
+from agent.cli_output import (
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    fleet_table,
+    sync_dry_run,
+    sync_pass,
+)
 from agent.config import (
     DestinationSettings,
     Settings,
@@ -31,12 +37,7 @@ from agent.redact import SECRETS, redact
 from agent.report import status_lines, status_report, unknown_report
 from agent.sessions import SESSION_STATES
 from agent.state import SessionRecord, State
-from agent.throttle import limit_at
 from agent.units import human_bytes, iso
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_CONFIG = 2
 
 
 def session_json(record: SessionRecord) -> dict[str, Any]:
@@ -109,135 +110,13 @@ def cmd_sync(arguments: argparse.Namespace) -> int:
     settings = _settings(arguments)
     logs.configure(settings.agent.log_level, target=settings.agent.log_target)
     if arguments.dry_run:
-        return _sync_dry_run(settings, arguments.json)
+        return sync_dry_run(settings, arguments.json)
     held = lock.acquire(settings.agent.state_dir, "sync")
     try:
-        return _sync(settings, arguments.json)
+        return sync_pass(settings, arguments.json)
     finally:
         logs.flush_repeats(final=True)
         held.release()
-
-
-def _sync(settings: Settings, as_json: bool) -> int:
-    # Imported here: `status`, run every minute by monitoring, must not pay for boto3.
-    from agent import progress  # noqa: PLC0415
-    from agent.actions.sync import SyncPass  # noqa: PLC0415
-
-    with State.open(settings.state_db_path) as state:
-        heartbeat = live_daemon(settings, state)
-        if heartbeat is not None:
-            print(
-                f"the daemon is running (pid {heartbeat.pid}) and uploads on its own; "
-                "stop it before running sync",
-                file=sys.stderr,
-            )
-            return EXIT_FAILED
-        run = SyncPass(settings, state)
-        due = run.start()
-        if run.summary.recovery_error is not None:
-            # Each session's upload will meet the same problem and record it as its reason.
-            print(f"recovery skipped: {redact(str(run.summary.recovery_error))}", file=sys.stderr)
-        pending = [item for record in due for item in state.ledger.pending_files(record.id)]
-        totals = progress.Totals(len(pending), sum(item.size for item in pending))
-        view = progress.view_for(sys.stderr, as_json=as_json)
-        if isinstance(view, progress.BarView):
-            # Log lines go above the bar instead of through it.
-            logs.configure(
-                settings.agent.log_level, view.log_stream(), target=settings.agent.log_target
-            )
-        measure = progress.Measure(state.queries.backlog, lambda: run.store.limiter.taken)
-        with progress.SyncProgress(totals, measure, view) as shown:
-            for record in due:
-                shown.session = record.id
-                run.upload(record)
-                logs.flush_repeats()  # summaries as windows end, not all at exit
-        result = run.finish()
-    files, size, seconds = result.files, result.bytes, result.seconds
-    summary = {
-        "sessions_uploaded": len(result.uploaded),
-        "sessions_failed": len(result.failed),
-        "sessions_waiting": result.waiting,
-        "files": files,
-        "bytes": size,
-        "seconds": round(seconds, 3),
-        "mb_per_s": round(size / seconds / 1e6, 2),
-        "files_per_s": round(files / seconds, 2),
-        "failed": result.failed,
-    }
-    if as_json:
-        print(json.dumps(summary))
-    else:
-        print(
-            f"uploaded {len(result.uploaded)} session(s), {files} file(s), {human_bytes(size)} "
-            f"in {seconds:.1f}s ({summary['mb_per_s']} MB/s, {summary['files_per_s']} files/s); "
-            f"{result.waiting} session(s) still waiting; {len(result.failed)} failed"
-        )
-        for session_id in result.failed:
-            print(f"  failed: {session_id}")
-    return EXIT_FAILED if result.failed else EXIT_OK
-
-
-def _sync_dry_run(settings: Settings, as_json: bool) -> int:
-    from agent.actions.plan import plan  # noqa: PLC0415 - see _sync
-
-    rows: list[dict[str, Any]] = [
-        {
-            "id": p.id,
-            "state": p.state,
-            "ready": p.ready,
-            "reason": p.reason,
-            "files": p.files,
-            "bytes": p.bytes,
-            "key_prefix": p.key_prefix,
-            "keys": list(p.keys),
-            "refused": [{"path": path, "reason": reason} for path, reason in p.refused],
-        }
-        for p in plan(settings, time.time())
-    ]
-    if as_json:
-        print(json.dumps(rows))
-        return EXIT_OK
-    from agent import progress  # noqa: PLC0415 - only sync shows progress
-
-    ready = [row for row in rows if row["ready"] and row["files"]]
-    files_total = sum(int(r["files"]) for r in ready)
-    bytes_total = sum(int(r["bytes"]) for r in ready)
-    print(
-        f"dry run: {len(ready)} session(s) would be uploaded, "
-        f"{files_total} file(s), {human_bytes(bytes_total)}"
-    )
-    for row in rows:
-        verdict = (
-            "ready"
-            if row["ready"]
-            else "uploaded, nothing new"
-            if row["state"] == "uploaded"
-            else f"not ready ({row['reason']})"
-        )
-        print(
-            f"  {row['id']}: {row['files']} file(s), {human_bytes(int(row['bytes']))} -> "
-            f"s3://{settings.destination.bucket}/{row['key_prefix']}/  [{verdict}]"
-        )
-        for key in list(row["keys"])[:5] if row["ready"] else []:
-            print(f"      {key}")
-        if row["ready"] and len(row["keys"]) > 5:
-            print(f"      ... and {len(row['keys']) - 5} more")
-        for refusal in row["refused"]:
-            print(f"      refused {refusal['path']!r}: {refusal['reason']}")
-    # The limit sync would keep to: that of the time window in force now, as in _sync.
-    limit = limit_at(settings.upload.windows, settings.upload.max_bandwidth, datetime.now())
-    seconds = progress.upload_estimate(bytes_total, limit.max_bandwidth)
-    estimate = (
-        "unlimited bandwidth: no estimate"
-        if seconds is None
-        else f"estimated time at least {progress.format_duration(seconds)} at "
-        f"{human_bytes(limit.max_bandwidth)}/s (the bandwidth limit in force now)"
-    )
-    print(
-        f"total: {len(ready)} session(s), {files_total} file(s), "
-        f"{human_bytes(bytes_total)}; {estimate}"
-    )
-    return EXIT_OK
 
 
 def cmd_status(arguments: argparse.Namespace) -> int:
@@ -294,7 +173,7 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
 
 def cmd_verify(arguments: argparse.Namespace) -> int:
     """Compare S3 with the database and the local files; exit 1 on any difference."""
-    from agent.actions.verify import UnknownSessionError, verify  # noqa: PLC0415 - see _sync
+    from agent.actions.verify import UnknownSessionError, verify  # noqa: PLC0415 - see cli_output
 
     settings = _settings(arguments)
     with State.open(settings.state_db_path, create=False) as state:
@@ -408,16 +287,8 @@ def cmd_demo(arguments: argparse.Namespace) -> int:
     return run_demo(sessions=arguments.sessions, keep_running=arguments.keep_running)
 
 
-# --- parsing ------------------------------------------------------------------------------
-
-
 def cmd_fleet(arguments: argparse.Namespace) -> int:
     """Every rig's beat in the bucket, judged; exit code of the worst rig."""
-    import botocore.exceptions  # noqa: PLC0415 - see _sync
-
-    from agent import fleet  # noqa: PLC0415
-    from agent.transfer import make_client  # noqa: PLC0415
-
     settings: Settings | None = None
     if arguments.bucket is None or Path(arguments.config).exists():
         try:
@@ -443,32 +314,10 @@ def cmd_fleet(arguments: argparse.Namespace) -> int:
     )
     if arguments.prefix is not None:
         prefix = arguments.prefix.strip("/")
-    upload = dataclasses.replace(upload, connect_timeout=5.0, read_timeout=15.0, concurrency=8)
-    client = make_client(destination, upload)
-    where = f"s3://{destination.bucket}/{prefix}"
-    try:
-        rigs = fleet.read_fleet(client, destination.bucket, prefix)
-    except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
-        message = f"cannot list {where}: {redact(str(error))}"
-        if arguments.json:
-            print(json.dumps({"state": "unknown", "summary": message, "rigs": []}))
-        else:
-            print(f"UNKNOWN - {message}")
-        return health.UNKNOWN
-    code = fleet.worst(rigs)
-    if arguments.json:
-        print(
-            json.dumps(
-                {
-                    "state": health.NAMES[code],
-                    "where": where,
-                    "rigs": [rig.row() for rig in rigs],
-                }
-            )
-        )
-    else:
-        print("\n".join(fleet.fleet_lines(rigs, where)))
-    return code
+    return fleet_table(destination, upload, prefix, arguments.json)
+
+
+# --- parsing ------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,8 +1,8 @@
 """S3 transfer: the only module that talks to S3 (boto3/botocore).
 
 Each S3 call is one small method; every error is classified retryable or permanent by
-`agent.s3errors.classify_error`; retryable ones are retried here with exponential backoff and full jitter,
-and still-failing ones surface as RetryableTransferError so the caller can mark the session
+`agent.s3errors.classify_error`; retryable ones are retried here with exponential backoff and
+full jitter, and still-failing ones surface as RetryableTransferError so the caller can mark the session
 failed (never a silent give-up). Knows nothing of sessions or their rules.
 """
 

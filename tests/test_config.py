@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.config import load_settings, parse_duration, parse_size
+from agent.config import load_settings
+from agent.config_values import parse_duration, parse_size
 from agent.errors import ConfigError
 from tests.conftest import Rig, write_config
 
