@@ -2,8 +2,8 @@
 
 Each S3 call is one small method; every error is classified retryable or permanent by
 `agent.s3errors.classify_error`; retryable ones are retried here with exponential backoff and
-full jitter, and still-failing ones surface as RetryableTransferError so the caller can mark the session
-failed (never a silent give-up). Knows nothing of sessions or their rules.
+full jitter, and still-failing ones surface as RetryableTransferError so the caller can mark
+the session failed (never a silent give-up). Knows nothing of sessions or their rules.
 """
 
 from __future__ import annotations
