@@ -48,10 +48,9 @@ def sync_pass(settings: Settings, as_json: bool) -> int:
             )
             return EXIT_FAILED
         run = SyncPass(settings, state)
+        # A failure to clean up orphan uploads is logged (recovery_failed) and does not stop
+        # the pass: each session's upload meets the same problem and records it as its reason.
         due = run.start()
-        if run.summary.recovery_error is not None:
-            # Each session's upload will meet the same problem and record it as its reason.
-            print(f"recovery skipped: {redact(str(run.summary.recovery_error))}", file=sys.stderr)
         pending = [item for record in due for item in state.ledger.pending_files(record.id)]
         totals = progress.Totals(len(pending), sum(item.size for item in pending))
         view = progress.view_for(sys.stderr, as_json=as_json)

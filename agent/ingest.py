@@ -82,20 +82,36 @@ class Ingest:
     def due_sessions(self) -> list[SessionRecord]:
         """Ready sessions, and failed ones whose retry time has come, oldest first."""
         now = self.clock()
-        return [
-            record
-            for record in self.state.sessions.in_states((sessions.READY, sessions.FAILED))
-            if record.state == sessions.READY
-            or (record.next_attempt_at is not None and record.next_attempt_at <= now)
-        ]
+        candidates = self.state.sessions.in_states((sessions.READY, sessions.FAILED))
+        return [record for record in candidates if self._is_due(record, now)]
+
+    @staticmethod
+    def _is_due(record: SessionRecord, now: float) -> bool:
+        return record.state == sessions.READY or (
+            record.state == sessions.FAILED
+            and record.next_attempt_at is not None
+            and record.next_attempt_at <= now
+        )
 
     def upload(self, record: SessionRecord) -> UploadOutcome:
         """Upload one session and settle its state: uploaded, back to waiting (a file changed),
-        back to ready (interrupted), or failed with the reason and a retry time."""
+        back to ready (interrupted), or failed with the reason and a retry time. A session no
+        longer due when its turn comes (moved since it was listed) is skipped untouched, with
+        an interrupted outcome."""
+        fresh = self.state.sessions.get(record.id)
+        if fresh is None or not self._is_due(fresh, self.clock()):
+            # Listed as due, but changed since (a new file reopened it, say): not this time.
+            log.info("session_upload_skipped", session=record.id, state=fresh and fresh.state)
+            return UploadOutcome(interrupted=True)
+        if not self.state.sessions.move(
+            record.id, sessions.UPLOADING, expect=fresh.state, reason=None
+        ):
+            log.info("session_upload_skipped", session=record.id, state="moved meanwhile")
+            return UploadOutcome(interrupted=True)
+        record = fresh
         log.info(
             "session_upload_started", session=record.id, files=record.files, bytes=record.bytes
         )
-        self.state.sessions.move(record.id, sessions.UPLOADING, reason=None)
         started = self.clock()
         try:
             outcome = self.uploader.upload_session(record)

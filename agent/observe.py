@@ -231,22 +231,35 @@ class Observer:
             if held:
                 verdict = sessions.judge(replace(observation, open_for_writing=held), rule, now)
                 recheck_at = now + OPEN_FILE_RECHECK
+        # Moves name the state this verdict was made on: the uploader (or `agentctl retry`)
+        # may have moved the session since it was read, and then it is left alone.
         if verdict.ready:
-            if record.state != sessions.READY:
+            if record.state == sessions.READY:
+                return record
+            moved = self.state.sessions.move(
+                record.id,
+                sessions.READY,
+                expect=record.state,
+                completed_at=now,
+                reason=None,
+                recheck_at=None,
+            )
+            if moved:
                 log.info("session_ready", session=record.id, files=record.files, bytes=record.bytes)
-                self.state.sessions.move(
-                    record.id, sessions.READY, completed_at=now, reason=None, recheck_at=None
-                )
         elif (
             record.state != sessions.WAITING
             or record.reason != verdict.reason
             or record.recheck_at != recheck_at
         ):
-            if record.state != sessions.WAITING:
-                log.info("session_reopened", session=record.id, reason=verdict.reason)
-            self.state.sessions.move(
-                record.id, sessions.WAITING, reason=verdict.reason, recheck_at=recheck_at
+            moved = self.state.sessions.move(
+                record.id,
+                sessions.WAITING,
+                expect=record.state,
+                reason=verdict.reason,
+                recheck_at=recheck_at,
             )
+            if moved and record.state != sessions.WAITING:
+                log.info("session_reopened", session=record.id, reason=verdict.reason)
         else:
             return record
         updated = self.state.sessions.get(record.id)

@@ -161,7 +161,8 @@ class Daemon:
             # The fleet hears of the start at once, not after a long first scan.
             beater = self._start_beater(state)
             self.notifier.status("starting: recovering unfinished uploads, scanning sources")
-            ingest.start_up()
+            # A stop asked for during a long first reconcile ends it early.
+            ingest.start_up(self.stop.is_set)
             watcher.start()
             worker = UploadWorker(ingest, stop=self.stop, halt=self.halt, pulse=self.pulse)
             self.worker = worker

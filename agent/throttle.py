@@ -46,6 +46,9 @@ class TokenBucket:
             now = self._clock()
             if self.rate > 0:
                 self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            else:
+                # Nothing was owed while unlimited: debt from before it is forgiven.
+                self._tokens = max(self._tokens, 0.0)
             self._stamp = now
             self.rate = rate
             self.burst = max(rate / 4, 64 * 1024)

@@ -157,15 +157,18 @@ class Watcher:
                 self.modes[source.name] = "off"
                 continue
             if mode == "inotify":
+                started: BaseObserver | None = None
                 try:
-                    observer: BaseObserver = OverflowAwareObserver(self._overflowed)
+                    started = OverflowAwareObserver(self._overflowed)
+                    observer: BaseObserver = started
                     observer.schedule(handler, str(source.path), recursive=True)
                     observer.start()
                 except OSError as error:
                     # Give back the inotify instance and the watches it did add: they count
                     # against the same limits as every other source's.
-                    with contextlib.suppress(Exception):
-                        observer.stop()
+                    if started is not None:
+                        with contextlib.suppress(Exception):
+                            started.stop()
                     if error.errno in (errno.ENOSPC, errno.EMFILE):
                         log.error(
                             "inotify_limit_reached",

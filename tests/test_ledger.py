@@ -3,6 +3,7 @@ session store: the life cycle as a table, totals kept per file, first-sight time
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -302,3 +303,37 @@ def test_totals_follow_each_uploaded_file_without_a_recount(state: State) -> Non
     assert stored(state) == recounted(state)
     assert totals(state) == (1, 10, 10)
     assert {f.rel_path: f.state for f in state.ledger.files_of(SESSION)}["f1.bin"] == "missing"
+
+
+def test_a_move_on_a_stale_read_changes_nothing(state: State) -> None:
+    """A verdict made on a record read before someone else moved the session (the uploader
+    took it, or `agentctl retry` made it ready) is dropped, not applied and not an error."""
+    observe(state, stats(1))
+    state.sessions.move(SESSION, sessions.READY)
+    state.sessions.move(SESSION, sessions.UPLOADING)
+    state.sessions.fail(SESSION, "boom", NOW)
+    stale = state.sessions.get(SESSION)
+    assert stale is not None and stale.state == sessions.FAILED
+    assert state.sessions.retry_now(SESSION)  # meanwhile: failed → ready
+    assert not state.sessions.move(SESSION, sessions.READY, expect=stale.state)
+    assert not state.sessions.move(SESSION, sessions.WAITING, expect=stale.state)
+    record = state.sessions.get(SESSION)
+    assert record is not None
+    assert (record.state, record.reason) == (sessions.READY, "retry requested")
+    assert state.sessions.move(SESSION, sessions.WAITING, expect=sessions.READY, reason="new")
+
+
+def test_the_unused_events_table_goes_without_a_new_schema_version(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    State.open(path).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("create table events (id integer primary key, message text)")
+        version = raw.execute("pragma user_version").fetchone()[0]
+    with State.open(path, create=False) as reader:  # `status`: reads, never changes
+        assert reader.database.db["events"].exists()
+    with State.open(path):  # the daemon or sync
+        pass
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("pragma user_version").fetchone()[0] == version
+        tables = {row[0] for row in raw.execute("select name from sqlite_master")}
+    assert "events" not in tables and "sessions" in tables

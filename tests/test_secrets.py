@@ -108,6 +108,8 @@ def test_status_and_sessions_mask_a_secret_inside_a_recorded_error(
     assert run(rig, "sync").returncode == 1  # no such bucket: the session fails
     state = State.open(rig.settings().state_db_path)
     try:
+        # Failed again, along the life cycle (failed → uploading → failed), with a worse error.
+        state.sessions.move("ephys/mouse1/2026-11-26_13-00", "uploading")
         state.sessions.fail(
             "ephys/mouse1/2026-11-26_13-00",
             f"AccessDenied: signature of {SECRETS['AWS_SECRET_ACCESS_KEY']} via "

@@ -186,6 +186,20 @@ def test_a_lower_rate_applies_to_the_next_take() -> None:
     assert clock.slept == pytest.approx(1.0)
 
 
+def test_debt_from_before_an_unlimited_window_is_not_charged_after_it() -> None:
+    clock = FakeClock()
+    waits: list[float] = []
+    bucket = TokenBucket(1_000_000, 0, clock=clock, sleep=waits.append)
+    bucket.take(64_000_000)  # a 64 MB part, still being paid off when the window opens
+    assert sum(waits) == pytest.approx(64.0)
+    bucket.set_rate(0)  # an unlimited window starts at once
+    clock.now += 3600
+    bucket.set_rate(1_000_000)  # and ends an hour later: nothing is owed from before it
+    waits.clear()
+    bucket.take(100_000)
+    assert sum(waits) == pytest.approx(0.1)  # this part's own cost, not 64 s more
+
+
 def test_stop_interrupts_a_wait() -> None:
     clock = FakeClock()
     stop = threading.Event()

@@ -5,6 +5,8 @@ answer to one is checked by handing the reader the event the kernel sends."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +169,48 @@ def test_auto_chooses_by_the_filesystem_of_the_deepest_mount(tmp_path: Path) -> 
     assert filesystem_type(Path("/proc/self")) == "proc"  # not "/"'s filesystem
     assert choose_mode(SourceSettings(name="kernel", path=Path("/proc"))) == "inotify"
     assert choose_mode(SourceSettings(name="ephys", path=tmp_path, watch="poll")) == "poll"
+
+
+SECOND_SOURCE_FAILS = """
+import os, resource, sys
+from pathlib import Path
+from agent.config import SourceSettings
+from agent.watch import OverflowAwareObserver, Watcher
+
+first, second = Path(sys.argv[1]), Path(sys.argv[2])
+# How many descriptors one inotify observer takes, measured on a throwaway one.
+before = len(os.listdir("/proc/self/fd"))
+probe = OverflowAwareObserver(lambda: None)
+taken = len(os.listdir("/proc/self/fd")) - before
+probe.stop()
+# Room for exactly one more inotify observer: the second source's cannot open its instance.
+limit = len(os.listdir("/proc/self/fd")) + taken + 1
+resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+watcher = Watcher(
+    (SourceSettings(name="a", path=first, watch="inotify"),
+     SourceSettings(name="b", path=second, watch="inotify")),
+    lambda path: None,
+)
+watcher.start()
+print("RESULT", watcher.modes["a"], watcher.modes["b"], watcher.healthy())
+watcher.stop()
+"""
+
+
+def test_a_source_whose_inotify_cannot_start_leaves_the_others_watched(tmp_path: Path) -> None:
+    """The second source's inotify instance cannot be opened (descriptor limit): it polls,
+    and the first source's observer, started just before, keeps running."""
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-c", SECOND_SOURCE_FAILS, str(first), str(second)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert line.split()[1:] == ["inotify", "poll", "True"], result.stdout + result.stderr
+    assert "inotify_limit_reached" in result.stdout

@@ -53,9 +53,10 @@ def retry(state: State, session_id: str) -> tuple[bool, str]:
     record = state.sessions.get(session_id)
     if record is None:
         return False, f"no session {session_id!r}; see `agentctl sessions`"
-    if record.state != sessions.FAILED or not state.sessions.retry_now(record.id):
-        return False, f"{record.id} is {record.state}, not failed: nothing to retry"
-    return True, f"{record.id} will be uploaded again shortly"
+    if record.state == sessions.FAILED and state.sessions.retry_now(record.id):
+        return True, f"{record.id} will be uploaded again shortly"
+    now = state.sessions.get(record.id) or record  # it may have moved since it was read
+    return False, f"{now.id} is {now.state}, not failed: nothing to retry"
 
 
 def rescan(settings: Settings, state: State) -> tuple[bool, str]:

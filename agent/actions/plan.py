@@ -17,6 +17,7 @@ from agent import sessions
 from agent.config import Settings
 from agent.errors import StateError
 from agent.observe import Observer
+from agent.redact import redact
 from agent.state import PENDING, REFUSED, State
 from agent.state.db import Database
 
@@ -30,7 +31,7 @@ class PlannedSession:
     key_prefix: str
     state: str  # as sync would find it: waiting, ready, uploaded, failed; or refused
     ready: bool
-    reason: str | None
+    reason: str | None  # "complete" when ready, else why not
     files: int
     bytes: int
     keys: tuple[str, ...]
@@ -63,7 +64,10 @@ def plan(settings: Settings, now: float) -> list[PlannedSession]:
         observer.reconcile()
         planned = []
         sources = {source.name for source in settings.sources}
-        for record in view.sessions.all():
+        # In the order sync meets them: by source as configured, then by path.
+        order = {source.name: number for number, source in enumerate(settings.sources)}
+        records = sorted(view.sessions.all(), key=lambda r: (order.get(r.source, -1), r.rel_path))
+        for record in records:
             if record.source not in sources or record.local_missing:
                 continue
             due = record.state == sessions.READY or (
@@ -74,8 +78,10 @@ def plan(settings: Settings, now: float) -> list[PlannedSession]:
             files = view.ledger.files_of(record.id)
             to_send = [f for f in files if f.state == PENDING]
             reason = record.reason
-            if record.state == sessions.FAILED and not due:
-                reason = f"failed, retried later: {record.error}"
+            if due:
+                reason = "complete"
+            elif record.state == sessions.FAILED:
+                reason = f"failed, retried later: {redact(record.error or '')}"
             elif record.state == sessions.UPLOADED:
                 reason = "uploaded; nothing changed since"
             planned.append(
@@ -84,7 +90,7 @@ def plan(settings: Settings, now: float) -> list[PlannedSession]:
                     key_prefix=record.key_prefix,
                     state=record.state,
                     ready=due,
-                    reason=None if due else reason,
+                    reason=reason,
                     files=len(to_send),
                     bytes=sum(f.size for f in to_send),
                     keys=tuple(f.key for f in to_send),
@@ -92,6 +98,7 @@ def plan(settings: Settings, now: float) -> list[PlannedSession]:
                 )
             )
         for session_id, (prefix, problem) in sorted(observer.refused.items()):
+            # Never recorded: sync neither records nor uploads a session it refuses.
             planned.append(
                 PlannedSession(
                     id=session_id,

@@ -72,6 +72,8 @@ class Database:
                 f"{self.path} was written by a newer agent (schema {version}); upgrade the agent"
             )
         if version == len(MIGRATIONS):
+            if allowed:
+                self._tidy()
             return
         if not allowed:
             raise StateError(f"{self.path} needs migrating; start the daemon once to do it")
@@ -81,6 +83,15 @@ class Database:
             for number in range(version, len(MIGRATIONS)):
                 MIGRATIONS[number](self.db)
             self.connection.execute(f"pragma user_version = {len(MIGRATIONS)}")
+        self._tidy()
+
+    def _tidy(self) -> None:
+        # The `events` table of the first schema was never written (the log is journald's).
+        # Dropped without a new schema version: agents before and after read the same schema,
+        # so neither an upgrade nor a rollback waits for a migration.
+        if self.db["events"].exists():
+            with self.transaction():
+                self.connection.execute("drop table if exists events")
 
     @contextmanager
     def transaction(self) -> Iterator[None]:

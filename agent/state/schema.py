@@ -164,15 +164,9 @@ def _migration_4(db: sqlite_utils.Database) -> None:
     db.execute("create index files_uploaded_at on files(uploaded_at)")
 
 
-def _migration_5(db: sqlite_utils.Database) -> None:
-    # The `events` table of the first schema was never written: the log is journald's.
-    db.execute("drop table if exists events")
-
-
 MIGRATIONS: tuple[Callable[[sqlite_utils.Database], None], ...] = (
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
-    _migration_5,
 )

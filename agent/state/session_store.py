@@ -1,7 +1,10 @@
 """Sessions and what the scans saw of their files; every change of a session's state.
 
-A session's state changes only through `SessionStore.move` (and the two named moves built on
-it, `fail` and `uploaded`), which checks the life cycle in `agent.sessions.TRANSITIONS`.
+A session's state changes only through `SessionStore.move` and the named moves `fail`,
+`uploaded` and `retry_now`, each checked against the life cycle in
+`agent.sessions.TRANSITIONS` (`retry_now` by its own `where state = 'failed'`). Readers that
+decide on a record they read earlier move with `expect=`, so a session another thread or
+process moved meanwhile is left alone instead of being moved from a state it no longer has.
 """
 
 from __future__ import annotations
@@ -200,18 +203,26 @@ class SessionStore:
 
     # --- moving ---------------------------------------------------------------------------
 
-    def move(self, session_id: str, new_state: str, **fields: Any) -> None:
+    def move(
+        self, session_id: str, new_state: str, *, expect: str | None = None, **fields: Any
+    ) -> bool:
         """Move a session to `new_state`, setting the extra columns given (`reason`,
         `completed_at`, `recheck_at`, `fingerprint`, `error`).
 
-        Raise StateError if the session does not exist or the life cycle forbids the move.
+        With `expect`, the move happens only if the session is still in that state (another
+        thread or process may have moved it since it was read): return False, and change
+        nothing, when it is not. Raise StateError if the session does not exist or the life
+        cycle forbids the move.
         """
         unknown = set(fields) - _MOVE_FIELDS
         if unknown:
             raise ValueError(f"a move cannot set {sorted(unknown)}")
         with self._database.transaction():
+            if expect is not None and self._state_of(session_id) != expect:
+                return False
             self._check_move(session_id, new_state)
             self._database.db.table("sessions").update(session_id, {"state": new_state, **fields})
+        return True
 
     def fail(self, session_id: str, error: str, next_attempt_at: float) -> None:
         """Mark a session failed with its reason; it is retried at `next_attempt_at`."""
@@ -252,11 +263,14 @@ class SessionStore:
             )
         return cursor.rowcount > 0
 
-    def _check_move(self, session_id: str, new_state: str) -> None:
+    def _state_of(self, session_id: str) -> str:
         rows = self._database.rows("select state from sessions where id = ?", [session_id])
         if not rows:
             raise StateError(f"no session {session_id!r} in {self._database.path}")
-        old_state = rows[0]["state"]
+        return str(rows[0]["state"])
+
+    def _check_move(self, session_id: str, new_state: str) -> None:
+        old_state = self._state_of(session_id)
         if not sessions.may_move(old_state, new_state):
             raise StateError(
                 f"session {session_id!r} cannot move from {old_state} to {new_state}; "
