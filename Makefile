@@ -50,11 +50,19 @@ fast: venv
 
 test: lint typecheck unit
 
-bench: venv
-	$(BIN)/python bench/run.py
-	$(BIN)/python bench/bandwidth.py
-	$(BIN)/python bench/latency.py
-	$(BIN)/python bench/scale.py
+# The agent against aws-cli, s5cmd and rclone on one loopback S3 server, one data set, one
+# run (README, Performance): results in bench/results/. Options through BENCH_ARGS, e.g.
+# make bench BENCH_ARGS="--scale 1 --endpoint http://minio:9000". The older single-purpose
+# benchmarks (bench/run.py, bandwidth.py, latency.py, scale.py) run on their own.
+BENCH_APT := rclone
+BENCH_ARGS ?=
+$(BIN)/.bench-installed: pyproject.toml | $(BIN)/.installed
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $@
+
+bench: venv $(BIN)/.bench-installed
+	$(call apt_install,$(BENCH_APT))
+	$(BIN)/python bench/compare.py $(BENCH_ARGS)
 
 # deploy/ingest-agent.service checked on the host, without installing it: systemd-analyze
 # verify (on a copy whose ExecStart names this venv's agentctl, as /opt is empty here) must
