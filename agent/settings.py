@@ -56,7 +56,7 @@ class UploadSettings:
     part_size: int = 16 * 1024**2
     multipart_threshold: int = 16 * 1024**2
     max_bandwidth: int = 0
-    max_memory: int = 256 * 1024**2
+    max_memory: int = 64 * 1024**2  # or concurrency x part_size when larger (config.py)
     retries: int = 5
     retry_delay: float = 1.0
     failed_retry_delay: float = 300.0

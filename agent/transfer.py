@@ -61,6 +61,11 @@ class RemoteUpload:
     upload_id: str
 
 
+def _no_expect_for_single_puts(model: Any, params: dict[str, Any], **_: Any) -> None:
+    if model.name == "PutObject":
+        params.get("headers", {}).pop("Expect", None)
+
+
 def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3Client:
     """Build the boto3 S3 client for `destination`. Our own layer owns retries, and checksums
     are only sent when we pass them (servers that reject the headers stay usable)."""
@@ -81,6 +86,10 @@ def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3C
         region_name=destination.region,
         config=config,
     )
+    # botocore asks for `100 Continue` before every file-like body: a round trip per small
+    # file, only to learn early of a refusal. Single PUTs are below multipart_threshold, so
+    # sending such a body in vain costs less than waiting on every one; parts keep it.
+    client.meta.events.register_last("before-call.s3", _no_expect_for_single_puts)
     # The client resolved its credentials while being built (environment, profile, role):
     # whichever they are, they are masked in everything the agent logs or prints.
     credentials = session.get_credentials()

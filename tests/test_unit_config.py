@@ -130,3 +130,19 @@ def test_the_example_states_the_default_the_code_uses(
     written = minimal(tmp_path, **{table: {key: as_value(stated)}})
     loaded = section(settings_from_mapping(written, "stated.toml"), table)
     assert getattr(loaded, key) == getattr(defaults, key)
+
+
+@pytest.mark.parametrize(
+    ("upload", "expected"),
+    [
+        ({}, 64 * 2**20),  # 4 workers x 16 MiB parts
+        ({"concurrency": 8}, 128 * 2**20),  # one part per worker
+        ({"concurrency": 2}, 64 * 2**20),  # never below the default
+        ({"concurrency": 8, "max_memory": "32MiB"}, 32 * 2**20),  # what the operator says
+    ],
+)
+def test_unset_max_memory_holds_one_part_per_worker(
+    tmp_path: Path, upload: dict[str, Any], expected: int
+) -> None:
+    settings = settings_from_mapping(minimal(tmp_path, upload=upload), "memory.toml")
+    assert settings.upload.max_memory == expected

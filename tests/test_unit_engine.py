@@ -28,6 +28,7 @@ from agent.engine.multipart import (
     stable_parts,
 )
 from agent.engine.pipeline import (
+    QUEUE_PER_WORKER,
     ByteBudget,
     Changed,
     Pipeline,
@@ -402,3 +403,33 @@ def test_closing_interleave_closes_its_sources() -> None:
     next(merged)  # both sources started, each suspended inside its try
     merged.close()
     assert sorted(closed) == ["a", "b"]
+
+
+def test_the_producer_never_runs_far_ahead_of_the_workers() -> None:
+    """Thousands of small files fit the byte budget at once; still, only a few units may wait
+    for a worker, so memory does not grow with the session (it did: every file was read ahead
+    of the senders)."""
+    produced = finished = 0
+    ahead: list[int] = []
+    lock = threading.Lock()
+
+    class Counted(StepUnit):
+        def send(self, note: Callable[[Sent], None]) -> None:
+            nonlocal finished
+            super().send(note)
+            with lock:
+                finished += 1
+
+    def units() -> Iterator[StepUnit | Changed]:
+        nonlocal produced
+        for number in range(300):
+            with lock:
+                produced += 1
+                ahead.append(produced - finished)
+            yield Counted(file_record(f"f{number}.bin"), delay=0.0005)
+
+    outcome = UploadOutcome()
+    Pipeline(ByteBudget(10**9), 2, threading.Event()).run(units(), outcome, name="test")
+    assert outcome.files_sent == 300
+    # Two workers: at most 2 x QUEUE_PER_WORKER queued or sending, and one being produced.
+    assert max(ahead) <= 2 * QUEUE_PER_WORKER + 1

@@ -3,8 +3,12 @@ write fallback test. No server: botocore errors are built the way botocore build
 
 from __future__ import annotations
 
+import io
 import itertools
 import random
+import socket
+import threading
+from pathlib import Path
 
 import botocore.exceptions
 import pytest
@@ -12,6 +16,7 @@ from botocore.exceptions import ClientError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.config import settings_from_mapping
 from agent.errors import (
     NoSuchUploadError,
     PermanentTransferError,
@@ -25,7 +30,7 @@ from agent.s3errors import (
     backoff_delay,
     classify_error,
 )
-from agent.transfer import S3Store
+from agent.transfer import S3Store, make_client
 
 
 def client_error(
@@ -336,3 +341,48 @@ def test_backoff_never_exceeds_either_limit(
 ) -> None:
     delay = backoff_delay(attempt, base, cap, random.Random(seed))
     assert 0.0 <= delay <= min(cap, base * 2**attempt)
+
+
+def test_single_puts_do_not_wait_for_100_continue_but_parts_do(tmp_path: Path) -> None:
+    """A bare HTTP server on loopback records each request's head: `Expect: 100-continue`
+    cost a round trip per small file; parts keep it (a refusal before 16 MiB are sent)."""
+    heads: list[str] = []
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+
+    def serve() -> None:
+        for _ in range(2):
+            connection, _address = listener.accept()
+            with connection:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                heads.append(data.split(b"\r\n\r\n")[0].decode())
+                if b"Expect: 100-continue" in data:
+                    connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+                connection.sendall(
+                    b'HTTP/1.1 200 OK\r\nContent-Length: 0\r\nETag: "e"\r\n'
+                    b"Connection: close\r\n\r\n"
+                )
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    settings = settings_from_mapping(
+        {
+            "destination": {
+                "bucket": "lab-raw",
+                "endpoint_url": f"http://127.0.0.1:{listener.getsockname()[1]}",
+            },
+            "source": [{"name": "ephys", "path": str(tmp_path)}],
+        },
+        "expect.toml",
+    )
+    client = make_client(settings.destination, settings.upload)
+    client.put_object(Bucket="lab-raw", Key="k", Body=io.BytesIO(b"small file"))
+    client.upload_part(Bucket="lab-raw", Key="k", UploadId="u", PartNumber=1, Body=io.BytesIO(b"p"))
+    server.join(10)
+    listener.close()
+    put, part = heads
+    assert put.startswith("PUT /lab-raw/k HTTP/1.1") and "Expect:" not in put
+    assert "partNumber=1" in part.splitlines()[0] and "Expect: 100-continue" in part

@@ -19,6 +19,9 @@ from agent.errors import FileChangedError, PermanentTransferError, TransferError
 from agent.state import FileRecord
 from agent.throttle import Interrupted
 
+# Units the pipeline lets wait for a worker, per worker (see Pipeline.run).
+QUEUE_PER_WORKER = 2
+
 
 class ByteBudget:
     """Bounds the bytes read into memory and not yet sent."""
@@ -159,7 +162,12 @@ class Pipeline:
                 outcome.files_sent += sent.files
                 outcome.bytes_sent += sent.bytes
 
+        # Units queued or being sent, at most QUEUE_PER_WORKER per worker: the byte budget
+        # alone let thousands of small files be read ahead (memory growing with the session).
+        slots = threading.Semaphore(self.concurrency * QUEUE_PER_WORKER)
+
         def finished(unit: Unit, future: Future[None]) -> None:
+            slots.release()
             self.budget.release(unit.reserved)
             error = future.exception()
             if error is None:
@@ -176,7 +184,7 @@ class Pipeline:
                         with lock:
                             outcome.changed.append(item.rel_path)
                         continue
-                    if halted.is_set() or self.stop.is_set():
+                    if not self._take_slot(slots, halted):
                         self.budget.release(item.reserved)
                         break
                     future = pool.submit(item.send, note)
@@ -193,3 +201,14 @@ class Pipeline:
                     close()
         if self.stop.is_set():
             outcome.interrupted = True
+
+    def _take_slot(self, slots: threading.Semaphore, halted: threading.Event) -> bool:
+        """Wait for a free slot for one more unit; False, holding none, when the pass halts
+        (an error) or stops meanwhile."""
+        while not slots.acquire(timeout=0.2):
+            if halted.is_set() or self.stop.is_set():
+                return False
+        if halted.is_set() or self.stop.is_set():
+            slots.release()
+            return False
+        return True
