@@ -54,7 +54,7 @@ test: lint typecheck unit
 # run (README, Performance): results in bench/results/. Options through BENCH_ARGS, e.g.
 # make bench BENCH_ARGS="--scale 1 --endpoint http://minio:9000". The older single-purpose
 # benchmarks (bench/run.py, bandwidth.py, latency.py, scale.py) run on their own.
-BENCH_APT := rclone
+BENCH_APT := rclone time
 BENCH_ARGS ?=
 $(BIN)/.bench-installed: pyproject.toml | $(BIN)/.installed
 	$(BIN)/pip install -q -e '.[bench]'

@@ -142,15 +142,12 @@ def cmd_status(arguments: argparse.Namespace) -> int:
 def cmd_sessions(arguments: argparse.Namespace) -> int:
     """One row per session."""
     settings = _settings(arguments)
-    try:
-        state = State.open(settings.state_db_path, create=False)
-    except StateError:
-        records: list[SessionRecord] = []
-    else:
-        try:
+    records: list[SessionRecord] = []
+    # No database yet is no sessions yet; a database that cannot be read is an error
+    # (StateError, exit 1), never an empty list.
+    if settings.state_db_path.exists():
+        with State.open(settings.state_db_path, create=False) as state:
             records = state.sessions.all(arguments.state)
-        finally:
-            state.close()
     if arguments.json:
         print(json.dumps([session_json(record) for record in records], indent=None))
         return EXIT_OK

@@ -5,7 +5,8 @@ One session of N small files (`--sizes`, default 1,000 / 10,000 / 100,000), uplo
 (`--spread`) the same number of files spread over sessions of 100. Reports wall seconds,
 files/s, client CPU seconds (the agentctl process, user+sys), CPU milliseconds per file, peak
 RSS, and the ratio of each size's CPU per file to the smallest's (the target: within 1.25).
-The server runs in this process, so its CPU is not counted as the client's.
+The server runs in this process, so its CPU is not counted as the client's. Needs GNU
+time (/usr/bin/time, Debian's `time` package) for the peak RSS.
 
 Usage: python bench/files_per_session.py [--sizes 1000,10000,100000] [--file-size 4096]
        [--spread] [--concurrency 8] [--profile DIR]   (py-spy flame graph per run)
@@ -49,18 +50,27 @@ def make_tree(root: Path, files: int, size: int, per_session: int) -> None:
 
 
 def run_sync(command: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run one sync; wall seconds, client CPU seconds and peak RSS (MiB) of its process."""
+    """Run one sync; wall seconds, client CPU seconds and peak RSS (MiB) of its process.
+
+    The peak RSS comes from GNU time as the launcher: a child's ru_maxrss starts at its
+    parent's, and this process holds the server and its objects."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.monotonic()
     result = subprocess.run(
-        command, env=env, capture_output=True, text=True, check=False, stdin=subprocess.DEVNULL
+        ["/usr/bin/time", "-f", "MAXRSS_KIB %M", *command],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        stdin=subprocess.DEVNULL,
     )
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if result.returncode != 0:
         raise RuntimeError(f"sync failed ({result.returncode}): {result.stderr[-3000:]}")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": after.ru_maxrss / 1024}
+    peaks = [line.split()[1] for line in result.stderr.splitlines() if line.startswith("MAXRSS")]
+    return {"wall_s": wall, "cpu_s": cpu, "peak_rss_mib": int(peaks[-1]) / 1024}
 
 
 def measure(

@@ -7,6 +7,7 @@ when the call returns.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,34 @@ from agent.errors import StateError
 from agent.state.schema import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 10_000
+# Below this much free space, a write error of the database is reported as a full disk.
+NEARLY_FULL = 4 * 1024**2
+
+
+def _nearly_full(path: Path) -> bool:
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return False
+    return stats.f_bavail * stats.f_frsize < NEARLY_FULL
+
+
+def problem(path: Path, error: BaseException) -> str:
+    """What went wrong with the database at `path`, and what the operator can do."""
+    text = str(error)
+    if "disk is full" in text or getattr(error, "errno", None) == 28 or _nearly_full(path):
+        # SQLite may say only "disk I/O error" when the WAL index cannot grow.
+        return (
+            f"{path}: {text}: the filesystem of {path.parent} is full; free space on it "
+            "(the agent resumes where it stopped)"
+        )
+    if "malformed" in text or "not a database" in text:
+        return (
+            f"{path} is damaged ({text}). Stop the agent, move the file aside (with its -wal "
+            "and -shm files) and start it again: it rebuilds its records from the sources, "
+            "and what S3 already holds is recognised, not sent again"
+        )
+    return f"cannot use state database {path}: {text}"
 
 
 class Database:
@@ -54,9 +83,19 @@ class Database:
             connection.execute("pragma synchronous = normal")
             connection.execute("pragma foreign_keys = on")
         except (sqlite3.Error, OSError) as error:
-            raise StateError(f"cannot open state database {path}: {error}") from error
+            raise StateError(problem(path, error)) from error
         database = cls(connection, path)
-        database.migrate(allowed=create)
+        try:
+            if create:
+                # The daemon and sync write: a damaged file (a truncated copy, a disk fault)
+                # is refused here, not found half-way through an upload.
+                verdict = connection.execute("pragma quick_check(1)").fetchone()[0]
+                if verdict != "ok":
+                    raise sqlite3.DatabaseError(f"database disk image is malformed: {verdict}")
+            database.migrate(allowed=create)
+        except sqlite3.Error as error:
+            connection.close()
+            raise StateError(problem(path, error)) from error
         return database
 
     def close(self) -> None:
@@ -101,17 +140,22 @@ class Database:
                 self.connection.execute("begin immediate")
                 yield
                 self.connection.execute("commit")
-            except BaseException:
+            except BaseException as error:
                 # SQLite may already have rolled back (a full disk does): rolling back again
                 # would raise "no transaction is active" and hide the real error.
                 if self.connection.in_transaction:
                     self.connection.execute("rollback")
+                if isinstance(error, sqlite3.DatabaseError):
+                    raise StateError(problem(self.path, error)) from error
                 raise
 
     def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
         """Every row of a query, as dicts, read under the lock."""
         with self.lock:
-            return list(self.db.query(sql, params or []))
+            try:
+                return list(self.db.query(sql, params or []))
+            except sqlite3.DatabaseError as error:
+                raise StateError(problem(self.path, error)) from error
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         """Run one statement on the connection (inside a caller's transaction for writes)."""
