@@ -47,6 +47,7 @@ __all__ = [
     "LOG_TARGETS",
     "MAX_PART_SIZE",
     "MIN_PART_SIZE",
+    "STORAGE_CLASSES",
     "WATCH_MODES",
     "AgentSettings",
     "DestinationSettings",
@@ -68,6 +69,20 @@ WATCH_MODES = ("auto", "inotify", "poll", "off")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_TARGETS = ("auto", "journald", "console", "json")
 CONDITIONAL_WRITE_MODES = ("auto", "on", "off")
+# S3's storage classes, spelled as S3 expects them (a value in another case is respelled).
+STORAGE_CLASSES = (
+    "STANDARD",
+    "REDUCED_REDUNDANCY",
+    "STANDARD_IA",
+    "ONEZONE_IA",
+    "INTELLIGENT_TIERING",
+    "GLACIER",
+    "DEEP_ARCHIVE",
+    "GLACIER_IR",
+    "OUTPOSTS",
+    "SNOW",
+    "EXPRESS_ONEZONE",
+)
 
 
 def _read_agent(table: values.Table) -> AgentSettings:
@@ -77,11 +92,12 @@ def _read_agent(table: values.Table) -> AgentSettings:
         state_dir=table.get("state_dir", values.path, defaults.state_dir),
         log_level=table.get("log_level", values.choice(LOG_LEVELS), defaults.log_level),
         log_target=table.get("log_target", values.choice(LOG_TARGETS), defaults.log_target),
+        # 0 would rescan (or beat) in a busy loop.
         rescan_interval=table.get(
-            "rescan_interval", values.parse_duration, defaults.rescan_interval
+            "rescan_interval", values.duration_at_least(1.0), defaults.rescan_interval
         ),
         heartbeat_interval=table.get(
-            "heartbeat_interval", values.parse_duration, defaults.heartbeat_interval
+            "heartbeat_interval", values.positive_duration, defaults.heartbeat_interval
         ),
         heartbeat_stale=table.get(
             "heartbeat_stale", values.parse_duration, defaults.heartbeat_stale
@@ -89,7 +105,15 @@ def _read_agent(table: values.Table) -> AgentSettings:
     )
     if settings.heartbeat_stale <= settings.heartbeat_interval:
         table.problem("heartbeat_stale", "must be longer than heartbeat_interval")
-    if settings.state_dir.exists() and not settings.state_dir.is_dir():
+    if not settings.state_dir.is_absolute():
+        home = " (~ is not expanded)" if str(settings.state_dir).startswith("~") else ""
+        table.problem(
+            "state_dir",
+            f"{str(settings.state_dir)!r} is relative{home}: where it points would depend on "
+            f"the directory the agent is started from; give an absolute path, e.g. "
+            f"{DEFAULT_STATE_DIR}",
+        )
+    elif settings.state_dir.exists() and not settings.state_dir.is_dir():
         table.problem("state_dir", f"{settings.state_dir} exists and is not a directory")
     table.finish()
     return settings
@@ -98,7 +122,7 @@ def _read_agent(table: values.Table) -> AgentSettings:
 def _read_destination(table: values.Table) -> DestinationSettings:
     defaults = DestinationSettings(bucket="")  # the bucket has no default: it is required
     settings = DestinationSettings(
-        bucket=table.require("bucket", values.nonempty_string, defaults.bucket),
+        bucket=table.require("bucket", values.bucket_name, defaults.bucket),
         prefix=table.get("prefix", values.prefix, defaults.prefix),
         endpoint_url=table.get("endpoint_url", values.nonempty_string, defaults.endpoint_url),
         region=table.get("region", values.nonempty_string, defaults.region),
@@ -110,9 +134,13 @@ def _read_destination(table: values.Table) -> DestinationSettings:
             values.choice(CONDITIONAL_WRITE_MODES),
             defaults.conditional_writes,
         ),
-        storage_class=table.get("storage_class", values.nonempty_string, defaults.storage_class),
+        storage_class=table.get(
+            "storage_class",
+            values.spelled_choice(STORAGE_CLASSES, "an S3 storage class"),
+            defaults.storage_class,
+        ),
         acl=table.get("acl", values.nonempty_string, defaults.acl),
-        metadata=table.get("metadata", values.string_table, defaults.metadata),
+        metadata=table.get("metadata", values.header_metadata, defaults.metadata),
     )
     if settings.endpoint_url is not None and not re.match(r"^https?://", settings.endpoint_url):
         table.problem("endpoint_url", "must start with http:// or https://")
@@ -149,13 +177,14 @@ def _read_upload(table: values.Table) -> UploadSettings:
         ),
         retries=table.get("retries", values.integer(0, 100), defaults.retries),
         retry_delay=table.get("retry_delay", values.parse_duration, defaults.retry_delay),
+        # 0 would retry a failed session in a busy loop, and a 0 timeout fails every request.
         failed_retry_delay=table.get(
-            "failed_retry_delay", values.parse_duration, defaults.failed_retry_delay
+            "failed_retry_delay", values.positive_duration, defaults.failed_retry_delay
         ),
         connect_timeout=table.get(
-            "connect_timeout", values.parse_duration, defaults.connect_timeout
+            "connect_timeout", values.positive_duration, defaults.connect_timeout
         ),
-        read_timeout=table.get("read_timeout", values.parse_duration, defaults.read_timeout),
+        read_timeout=table.get("read_timeout", values.positive_duration, defaults.read_timeout),
         windows=_read_windows(table),
     )
     if settings.max_memory < settings.part_size:
@@ -264,8 +293,8 @@ def _read_source(table: values.Table) -> SourceSettings:
         min_age=table.get("min_age", values.parse_duration, defaults.min_age),
         exclude=table.get("exclude", values.string_list, defaults.exclude),
         watch=table.get("watch", values.choice(WATCH_MODES), defaults.watch),
-        poll_interval=table.get("poll_interval", values.parse_duration, defaults.poll_interval),
-        metadata=table.get("metadata", values.string_table, defaults.metadata),
+        poll_interval=table.get("poll_interval", values.positive_duration, defaults.poll_interval),
+        metadata=table.get("metadata", values.text_metadata, defaults.metadata),
         layout=layout,
         key_template=table.get("key_template", values.key_template, defaults.key_template),
         strict_names=table.get("strict_names", values.boolean, defaults.strict_names),
@@ -320,6 +349,49 @@ def _check_key_template(table: values.Table, source: SourceSettings) -> None:
         )
 
 
+def _check_overlaps(
+    sources: list[SourceSettings], file: str, problems: list[ConfigProblem]
+) -> None:
+    """Two sources on one folder, or one inside another, would upload every file twice:
+    report the inner one (or the later one), naming both. Paths are compared resolved
+    (symlinks followed as far as they exist); relative ones are reported elsewhere."""
+
+    def shown(source: SourceSettings, resolved: Path) -> str:
+        where = str(source.path)
+        if resolved != source.path:
+            where += f", which is {resolved}"
+        return f"source {source.name!r} ({where})"
+
+    placed: list[tuple[SourceSettings, Path]] = []
+    for index, source in enumerate(sources):
+        if not source.path.is_absolute():
+            continue
+        try:
+            here = source.path.resolve(strict=False)
+        except (OSError, RuntimeError):  # a symlink loop
+            here = Path(os.path.normpath(source.path))
+        for other_index, (other, there) in enumerate(placed):
+            if here == there:
+                inner, outer, inner_index, relation = source, other, index, "the same folder as"
+            elif there in here.parents:
+                inner, outer, inner_index, relation = source, other, index, "inside"
+            elif here in there.parents:
+                inner, outer, inner_index, relation = other, source, other_index, "inside"
+            else:
+                continue
+            inner_path, outer_path = (here, there) if inner is source else (there, here)
+            problems.append(
+                ConfigProblem(
+                    file,
+                    f"source[{inner_index}].path",
+                    f"{shown(inner, inner_path)} is {relation} {shown(outer, outer_path)}: "
+                    "every file in it would be uploaded twice; remove one of the two sources "
+                    "or give them folders apart",
+                )
+            )
+        placed.append((source, here))
+
+
 def settings_from_mapping(data: Mapping[str, Any], file: str) -> Settings:
     """Given parsed TOML, return validated `Settings`. Raise ConfigError with every problem."""
     problems: list[ConfigProblem] = []
@@ -357,6 +429,7 @@ def settings_from_mapping(data: Mapping[str, Any], file: str) -> Settings:
         problems.append(ConfigProblem(file, "[[source]]", "at least one source is required"))
     for index, raw in enumerate(raw_sources):
         sources.append(_read_source(values.Table(raw, f"source[{index}]", file, problems)))
+    _check_overlaps(sources, file, problems)
     names = [source.name for source in sources if source.name]
     for name in sorted({name for name in names if names.count(name) > 1}):
         problems.append(ConfigProblem(file, "source.name", f"{name!r} is used more than once"))
@@ -384,17 +457,39 @@ def default_config_path() -> Path:
 
 def load_settings(path: Path) -> Settings:
     """Given a TOML file path, return validated `Settings`. Raise ConfigError otherwise."""
+
+    def refused(message: str) -> ConfigError:
+        return ConfigError([ConfigProblem(str(path), "-", message)])
+
     try:
-        with path.open("rb") as handle:
-            data = tomllib.load(handle)
+        raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(
-            [ConfigProblem(str(path), "-", "file not found; pass --config or set AGENT_CONFIG")]
-        ) from None
+        raise refused("file not found; pass --config or set AGENT_CONFIG") from None
     except PermissionError:
-        raise ConfigError(
-            [ConfigProblem(str(path), "-", "permission denied reading the file")]
+        raise refused("permission denied reading the file") from None
+    except IsADirectoryError:
+        raise refused(
+            f"is a directory; pass the config file itself, e.g. {DEFAULT_CONFIG_PATH}"
         ) from None
+    except OSError as error:
+        raise refused(f"cannot be read: {error.strerror or error}") from None
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raise refused(
+            "starts with a byte order mark (U+FEFF), which TOML does not allow; save the "
+            "file as UTF-8 without BOM"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        column = error.start - (raw.rfind(b"\n", 0, error.start) + 1) + 1
+        raise refused(
+            f"not UTF-8 text: byte 0x{raw[error.start]:02x} at line {line}, column {column}; "
+            "TOML files must be UTF-8: save the file as UTF-8 (or write that character in "
+            "ASCII)"
+        ) from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError([ConfigProblem(str(path), "-", f"not valid TOML: {error}")]) from None
+        raise refused(f"not valid TOML: {error}") from None
     return settings_from_mapping(data, str(path))

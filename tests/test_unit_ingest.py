@@ -30,7 +30,7 @@ def ingest(tmp_path: Path) -> Iterator[Ingest]:
         {
             "agent": {"state_dir": str(tmp_path / "state")},
             # Never reached: every call below stops before S3.
-            "destination": {"bucket": "b", "endpoint_url": "http://127.0.0.1:9"},
+            "destination": {"bucket": "lab-raw", "endpoint_url": "http://127.0.0.1:9"},
             "source": [
                 {"name": "ephys", "path": str(source), "session_depth": 2, "quiet_period": "1s"}
             ],
