@@ -154,7 +154,10 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
     if not records:
         print("no sessions yet")
         return EXIT_OK
-    width = max(len(record.id) for record in records)
+    # Names are shown escaped: a bidi override or a zero-width character in a folder name
+    # would otherwise reorder or hide what the operator reads (JSON keeps the real name).
+    shown = {record.id: logs.plain(record.id) for record in records}
+    width = max(len(name) for name in shown.values())
     print(f"{'SESSION':<{width}}  {'STATE':<9}  {'FILES':>6}  {'SIZE':>10}  {'DONE':>5}  NOTE")
     for record in records:
         done = 100 * record.uploaded_bytes / record.bytes if record.bytes else 100.0
@@ -162,8 +165,8 @@ def cmd_sessions(arguments: argparse.Namespace) -> int:
         if record.local_missing:
             note = "local directory gone; " + note
         print(
-            f"{record.id:<{width}}  {record.state:<9}  {record.files:>6}  "
-            f"{human_bytes(record.bytes):>10}  {done:>4.0f}%  {note}"
+            f"{shown[record.id]:<{width}}  {record.state:<9}  {record.files:>6}  "
+            f"{human_bytes(record.bytes):>10}  {done:>4.0f}%  {logs.plain(note)}"
         )
     return EXIT_OK
 

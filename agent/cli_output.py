@@ -51,8 +51,9 @@ def sync_pass(settings: Settings, as_json: bool) -> int:
         # A failure to clean up orphan uploads is logged (recovery_failed) and does not stop
         # the pass: each session's upload meets the same problem and records it as its reason.
         due = run.start()
-        pending = [item for record in due for item in state.ledger.pending_files(record.id)]
-        totals = progress.Totals(len(pending), sum(item.size for item in pending))
+        # From the sessions' kept totals: listing every pending file here held them all in
+        # memory for the whole pass.
+        totals = progress.Totals(*state.queries.pending_of([record.id for record in due]))
         view = progress.view_for(sys.stderr, as_json=as_json)
         if isinstance(view, progress.BarView):
             # Log lines go above the bar instead of through it.
@@ -77,6 +78,10 @@ def sync_pass(settings: Settings, as_json: bool) -> int:
         "mb_per_s": round(size / seconds / 1e6, 2),
         "files_per_s": round(files / seconds, 2),
         "failed": result.failed,
+        # Sessions never recorded or sent (unsafe or undecodable names): not failed, but
+        # not uploaded either; status shows them too.
+        "sessions_refused": len(result.refused),
+        "refused": [{"session": name, "reason": reason} for name, reason in result.refused],
     }
     if as_json:
         print(json.dumps(summary))
@@ -85,9 +90,12 @@ def sync_pass(settings: Settings, as_json: bool) -> int:
             f"uploaded {len(result.uploaded)} session(s), {files} file(s), {human_bytes(size)} "
             f"in {seconds:.1f}s ({summary['mb_per_s']} MB/s, {summary['files_per_s']} files/s); "
             f"{result.waiting} session(s) still waiting; {len(result.failed)} failed"
+            + (f"; {len(result.refused)} refused" if result.refused else "")
         )
         for session_id in result.failed:
             print(f"  failed: {session_id}")
+        for name, reason in result.refused:
+            print(logs.plain(f"  refused: {name}: {reason}"))
     return EXIT_FAILED if result.failed else EXIT_OK
 
 

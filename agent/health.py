@@ -56,12 +56,14 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     *,
     paused_by: str | None = None,
     backlog: Backlog | None = None,
+    blocked: str | None = None,
 ) -> Health:
     """Given the daemon's heartbeat, session counts, backlog and last error, return health.
 
     CRITICAL: the daemon has stopped beating (crashed, hung or stopped). WARNING: some
     sessions failed, the daemon never ran, an operator paused uploads (a forgotten pause
-    must not look healthy), a session has waited ready too long, or sessions are ready and
+    must not look healthy), sessions are `blocked` (refused, or unreadable: only a person can
+    help them), a session has waited ready too long, or sessions are ready and
     nothing has been sent for too long. OK otherwise, also during a scheduled pause.
     """
     failed = counts.get("failed", 0)
@@ -99,6 +101,8 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
         return Health(
             WARNING, f"uploads paused by an operator (agentctl resume); {waiting}", True, age
         )
+    if blocked:
+        return Health(WARNING, f"{blocked}; {waiting}", True, age)
     if paused_by:
         return Health(OK, f"daemon running, uploads paused by the schedule; {waiting}", True, age)
     if backlog is not None:

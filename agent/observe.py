@@ -9,6 +9,7 @@ with it, so a dry run and a sync cannot judge a session differently.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -37,7 +38,7 @@ from agent.scan import (
     scan_session,
     shown_name,
 )
-from agent.state import SessionRecord, State
+from agent.state import REFUSED_FLAG, SessionRecord, State
 
 log = structlog.get_logger("agent.observe")
 
@@ -141,11 +142,13 @@ class Observer:
         self.settings = settings
         self.state = state
         self.clock = clock
-        # Session paths already warned about (not UTF-8): once per process, not every rescan.
-        self._skipped: set[str] = set()
-        # Sessions whose key prefix is unsafe, by id: never recorded, never uploaded; kept
-        # here (with the reason) so a dry run can show them.
+        # Sessions never recorded nor uploaded, as the last reconcile found them: those whose
+        # key prefix is unsafe (id → (prefix, reason)), and those whose directory name is not
+        # UTF-8 (shown path → reason). Published for `status` (REFUSED_FLAG) and `sync`.
         self.refused: dict[str, tuple[str, str]] = {}
+        self.skipped: dict[str, str] = {}
+        # Warned about once per process, not at every rescan.
+        self._warned: set[str] = set()
 
     def observe(self, source: SourceSettings, rel_path: str) -> SessionRecord | None:
         """Scan one session, record it, judge it; return its record (None if never seen and
@@ -154,8 +157,9 @@ class Observer:
         if not is_utf8(rel_path):
             # Its id, path and keys could not be stored or sent; skip it, loudly, once.
             shown = shown_name(str(source.path / rel_path))
-            if shown not in self._skipped:
-                self._skipped.add(shown)
+            self.skipped[shown] = NOT_UTF8_SESSION_REASON
+            if shown not in self._warned:
+                self._warned.add(shown)
                 log.warning("session_skipped", path=shown, reason=NOT_UTF8_SESSION_REASON)
             return None
         session_id = session_id_for(source, rel_path)
@@ -177,6 +181,7 @@ class Observer:
             )
             self.refused[session_id] = (prefix, prefix_problem)
             return None
+        self.refused.pop(session_id, None)
         scan = scan_session(source.path, rel_path, source.exclude)
         keys: dict[str, str] = {}
         refused: dict[str, str] = {}
@@ -276,6 +281,8 @@ class Observer:
         started = time.monotonic()
         seen: set[str] = set()
         files = 0
+        self.refused.clear()
+        self.skipped.clear()
         for source in self.settings.sources:
             for rel_path in find_sessions(
                 source.path, source.session_depth, source.exclude, source.layout
@@ -293,6 +300,7 @@ class Observer:
                 except KeyError:
                     continue
                 self.observe(source, record.rel_path)
+        self._publish_refusals()
         log.info(
             "reconcile_finished",
             sessions=len(seen),
@@ -300,6 +308,18 @@ class Observer:
             seconds=round(time.monotonic() - started, 3),
         )
         return len(seen)
+
+    def refusals(self) -> list[tuple[str, str]]:
+        """(session, reason) of every session the last reconcile refused, by name."""
+        found = [(session, reason) for session, (_prefix, reason) in self.refused.items()]
+        return sorted(found + list(self.skipped.items()))
+
+    def _publish_refusals(self) -> None:
+        """Keep the refused sessions in the state, where `status` reads them."""
+        refusals = self.refusals()
+        text = json.dumps([{"session": s, "reason": r} for s, r in refusals]) if refusals else None
+        if self.state.control.flag(REFUSED_FLAG) != text:
+            self.state.control.set_flag(REFUSED_FLAG, text, self.clock())
 
     def recheck_waiting(self) -> None:
         """Re-scan waiting sessions whose time-based rule may now hold (the time their last

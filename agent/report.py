@@ -8,6 +8,7 @@ daemon is down, hung or busy.
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from datetime import datetime
@@ -15,9 +16,10 @@ from typing import Any
 
 from agent import __version__, health
 from agent.config import Settings
+from agent.logs import plain
 from agent.redact import redact
 from agent.sessions import SESSION_STATES
-from agent.state import State
+from agent.state import REFUSED_FLAG, State
 from agent.throttle import limit_at
 from agent.units import human_age, human_bytes, human_rate, iso
 
@@ -43,6 +45,8 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
     heartbeat = state.control.heartbeat()
     rows = state.queries.source_summary()
     last_error = state.queries.last_error()
+    refused = json.loads(state.control.flag(REFUSED_FLAG) or "[]")
+    unreadable = state.queries.unreadable_waiting()
     operator_pause = state.control.flag(PAUSED_FLAG) is not None
     hook_failure = state.control.flag(HOOK_FLAG)
     oldest = {name: state.queries.oldest_in(name) for name in ("waiting", "ready", "uploading")}
@@ -93,6 +97,7 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
         health.process_alive(heartbeat) if heartbeat else None,
         paused_by=paused_by,
         backlog=backlog,
+        blocked=_blocked(refused, unreadable),
     )
     rate = heartbeat.rate if heartbeat is not None and verdict.daemon_running else 0.0
     eta = ready_bytes / rate if rate > 0 and ready_bytes else (0.0 if not ready_bytes else None)
@@ -150,6 +155,15 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
             for name, entry in per_source.items()
         ],
         "hooks": {"last_failure": redact(hook_failure) if hook_failure else None},
+        # Sessions only a person can help: refused (never recorded) and unreadable ones.
+        "blocked": {
+            "refused": [
+                {"session": redact(item["session"]), "reason": item["reason"]} for item in refused
+            ],
+            "unreadable": [
+                {"session": session, "reason": redact(reason)} for session, reason in unreadable
+            ],
+        },
         "thresholds": {
             "heartbeat_stale_s": settings.agent.heartbeat_stale,
             "ready_warning_s": settings.status.ready_warning,
@@ -213,6 +227,10 @@ def status_lines(report: dict[str, Any]) -> list[str]:
             f"source {source['name']}: {_counts(source['sessions'])}; backlog "
             f"{source['backlog']['files']} file(s), {human_bytes(source['backlog']['bytes'])}"
         )
+    for item in report["blocked"]["refused"]:
+        lines.append(plain(f"refused session {item['session']}: {item['reason']}"))
+    for item in report["blocked"]["unreadable"]:
+        lines.append(plain(f"cannot read session {item['session']}: {item['reason']}"))
     if report["hooks"]["last_failure"]:
         lines.append(f"hook on_uploaded last failed: {report['hooks']['last_failure']}")
     if daemon["pid"] is not None:
@@ -221,3 +239,18 @@ def status_lines(report: dict[str, Any]) -> list[str]:
             f"{daemon['status']}"
         )
     return lines
+
+
+def _blocked(refused: list[dict[str, str]], unreadable: list[tuple[str, str]]) -> str | None:
+    """The status summary's words for sessions that cannot go up as they are, or None."""
+    parts = []
+    if refused:
+        first = refused[0]
+        parts.append(f"{len(refused)} session(s) refused ({first['session']}: {first['reason']})")
+    if unreadable:
+        session, reason = unreadable[0]
+        parts.append(
+            f"{len(unreadable)} session(s) waiting on what cannot be read ({session}: "
+            f"{reason}; check its permissions)"
+        )
+    return plain(redact("; ".join(parts))) if parts else None

@@ -30,6 +30,7 @@ class SyncSummary:
     bytes: int = 0
     seconds: float = 0.0
     recovery_error: TransferError | None = None
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (session, reason)
 
 
 class SyncPass:
@@ -78,6 +79,7 @@ class SyncPass:
     def finish(self) -> SyncSummary:
         """Count what still waits and let the hooks of this pass finish."""
         self.summary.waiting = len(self.state.sessions.in_states((sessions.WAITING,)))
+        self.summary.refused = self.ingest.observer.refusals()
         self.summary.seconds = max(time.monotonic() - self._started, 1e-6)
         # A one-off run lets its hooks finish (each is killed at its own timeout).
         self.hooks.wait(self.settings.hooks.timeout * (len(self.summary.uploaded) + 1))

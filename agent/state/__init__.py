@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
-from agent.state.control import Control
+from agent.state.control import REFUSED_FLAG, Control
 from agent.state.db import Database
 from agent.state.ledger import Ledger, SqliteLedger
 from agent.state.queries import StatusQueries
@@ -40,6 +40,7 @@ __all__ = [
     "MISSING",
     "PENDING",
     "REFUSED",
+    "REFUSED_FLAG",
     "FileRecord",
     "Heartbeat",
     "Ledger",

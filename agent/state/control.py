@@ -6,6 +6,10 @@ from __future__ import annotations
 from agent.state.db import Database
 from agent.state.records import Heartbeat
 
+# Sessions the last reconcile refused to record (unsafe key prefix, name not UTF-8), as a
+# JSON list of {"session", "reason"}; unset when there are none.
+REFUSED_FLAG = "refused_sessions"
+
 
 class Control:
     """Tables `flags`, `control` and `heartbeat`."""

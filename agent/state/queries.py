@@ -17,8 +17,8 @@ class StatusQueries:
     def __init__(self, database: Database) -> None:
         self._database = database
 
-    def _one(self, sql: str) -> dict[str, Any]:
-        return self._database.rows(sql)[0]
+    def _one(self, sql: str, params: list[Any] | None = None) -> dict[str, Any]:
+        return self._database.rows(sql, params)[0]
 
     def session_counts(self) -> dict[str, int]:
         """Number of sessions per state."""
@@ -85,3 +85,27 @@ class StatusQueries:
             "order by next_attempt_at desc limit 1"
         )
         return (rows[0]["id"], rows[0]["error"]) if rows else None
+
+    def unreadable_waiting(self) -> list[tuple[str, str]]:
+        """(id, reason) of sessions waiting on a folder or file the agent cannot read: they
+        never become ready by themselves, however long they wait."""
+        rows = self._database.rows(
+            "select id, reason from sessions where state = 'waiting' and local_missing = 0 "
+            "and reason like 'cannot read %' order by detected_at"
+        )
+        return [(row["id"], row["reason"]) for row in rows]
+
+    def pending_of(self, session_ids: list[str]) -> tuple[int, int]:
+        """(files, bytes) still to send in these sessions, from their kept totals."""
+        files = size = 0
+        for start in range(0, len(session_ids), 500):  # within SQLite's variable limit
+            chunk = session_ids[start : start + 500]
+            marks = ",".join("?" for _ in chunk)
+            row = self._one(
+                "select coalesce(sum(pending_files), 0) as files, "
+                f"coalesce(sum(pending_bytes), 0) as bytes from sessions where id in ({marks})",
+                chunk,
+            )
+            files += int(row["files"])
+            size += int(row["bytes"])
+        return files, size
