@@ -91,10 +91,9 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def agent_config(job: Job, endpoint: Endpoint, source: str = AGENT_SOURCE) -> str:
-    """Given a job and the server, return the agent's config: one source over the tree with
-    sessions two levels down, defaults everywhere else. The tree's files are stamped an hour
-    old, so the quiet period is already over; nothing waits on time."""
+def _config(job: Job, endpoint: Endpoint, source: str, source_lines: str) -> str:
+    """The agent's config for a job: its state, bucket and server, and one source over the
+    job's tree with `source_lines` added to it."""
     return (
         "[agent]\n"
         f"state_dir = {_toml_string(str(job.state_dir))}\n"
@@ -106,68 +105,15 @@ def agent_config(job: Job, endpoint: Endpoint, source: str = AGENT_SOURCE) -> st
         f"region = {_toml_string(endpoint.region)}\n"
         "[[source]]\n"
         f"name = {_toml_string(source)}\n"
-        f"path = {_toml_string(str(job.tree))}\n"
-        "session_depth = 2\n"
-        'quiet_period = "1m"\n'
+        f"path = {_toml_string(str(job.tree))}\n" + source_lines
     )
 
 
-def _destination(job: Job) -> str:
-    return f"{job.prefix}/{AGENT_SOURCE}" if job.prefix else AGENT_SOURCE
-
-
-def invocation(
-    tool: str, job: Job, endpoint: Endpoint, bin_dir: Path, base: Mapping[str, str]
-) -> Invocation:
-    """Given a tool, a job, the server, the venv's bin directory and the base environment,
-    return how to run that tool's sync of the job. Raise ToolMissingError if it is not
-    installed."""
-    found = find_program(program_of(tool), bin_dir)
-    if found is None:
-        raise ToolMissingError(f"{program_of(tool)} not found in {bin_dir} or on PATH")
-    environment = {
-        **base,
-        **endpoint.environment,
-        "AWS_DEFAULT_REGION": endpoint.region,
-        "AWS_REGION": endpoint.region,
-    }
-    destination = _destination(job)
-    argv: tuple[str, ...]
-    if tool == "agent":
-        return Invocation(
-            (found, "sync", "--config", str(job.config)),
-            environment,
-            {job.config: agent_config(job, endpoint)},
-        )
-    if tool == "aws":
-        argv = (found, "s3", "sync", "--only-show-errors", "--no-progress")
-        argv += ("--endpoint-url", endpoint.url, str(job.tree), f"s3://{job.bucket}/{destination}")
-        return Invocation(argv, environment)
-    if tool == "s5cmd":
-        argv = (found, "--endpoint-url", endpoint.url, "sync")
-        argv += (f"{job.tree}/", f"s3://{job.bucket}/{destination}/")
-        return Invocation(argv, environment)
-    if tool == "rclone":
-        remote = f"RCLONE_CONFIG_{RCLONE_REMOTE}_"
-        environment.update(
-            {
-                f"{remote}TYPE": "s3",
-                f"{remote}PROVIDER": "Other",
-                f"{remote}ENV_AUTH": "true",
-                f"{remote}ENDPOINT": endpoint.url,
-                f"{remote}REGION": endpoint.region,
-            }
-        )
-        # No config file: the remote lives in the environment only.
-        environment["RCLONE_CONFIG"] = os.devnull
-        argv = (found, "sync", str(job.tree), f"{RCLONE_REMOTE.lower()}:{job.bucket}/{destination}")
-        # rclone's AWS SDK cannot load AWS_CA_BUNDLE into rclone's own HTTP transport (it
-        # fails with LoadCustomCABundleError); rclone takes the bundle as --ca-cert instead.
-        bundle = environment.pop("AWS_CA_BUNDLE", None)
-        if bundle and endpoint.url.startswith("https:"):
-            argv += ("--ca-cert", bundle)
-        return Invocation(argv, environment)
-    raise ValueError(f"unknown tool {tool!r}")
+def agent_config(job: Job, endpoint: Endpoint, source: str = AGENT_SOURCE) -> str:
+    """Given a job and the server, return the agent's config: one source over the tree with
+    sessions two levels down, defaults everywhere else. The tree's files are stamped an hour
+    old, so the quiet period is already over; nothing waits on time."""
+    return _config(job, endpoint, source, 'session_depth = 2\nquiet_period = "1m"\n')
 
 
 def daemon_config(
@@ -176,21 +122,11 @@ def daemon_config(
     """Given a job over a tree of many files and the server, return the config of a daemon
     that watches the tree and uploads nothing (quiet period and minimum age of an hour), so
     that only watching costs CPU. Rescans and heartbeats keep their defaults."""
-    return (
-        "[agent]\n"
-        f"state_dir = {_toml_string(str(job.state_dir))}\n"
-        'log_target = "json"\n'
-        "[destination]\n"
-        f"bucket = {_toml_string(job.bucket)}\n"
-        f"prefix = {_toml_string(job.prefix)}\n"
-        f"endpoint_url = {_toml_string(endpoint.url)}\n"
-        f"region = {_toml_string(endpoint.region)}\n"
-        "[[source]]\n"
-        f"name = {_toml_string(source)}\n"
-        f"path = {_toml_string(str(job.tree))}\n"
-        f"layout = {_toml_string(layout)}\n"
-        'quiet_period = "1h"\n'
-        'min_age = "1h"\n'
+    return _config(
+        job,
+        endpoint,
+        source,
+        f'layout = {_toml_string(layout)}\nquiet_period = "1h"\nmin_age = "1h"\n',
     )
 
 
