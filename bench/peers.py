@@ -116,6 +116,64 @@ def agent_config(job: Job, endpoint: Endpoint, source: str = AGENT_SOURCE) -> st
     return _config(job, endpoint, source, 'session_depth = 2\nquiet_period = "1m"\n')
 
 
+def _destination(job: Job) -> str:
+    return f"{job.prefix}/{AGENT_SOURCE}" if job.prefix else AGENT_SOURCE
+
+
+def invocation(
+    tool: str, job: Job, endpoint: Endpoint, bin_dir: Path, base: Mapping[str, str]
+) -> Invocation:
+    """Given a tool, a job, the server, the venv's bin directory and the base environment,
+    return how to run that tool's sync of the job. Raise ToolMissingError if it is not
+    installed."""
+    found = find_program(program_of(tool), bin_dir)
+    if found is None:
+        raise ToolMissingError(f"{program_of(tool)} not found in {bin_dir} or on PATH")
+    environment = {
+        **base,
+        **endpoint.environment,
+        "AWS_DEFAULT_REGION": endpoint.region,
+        "AWS_REGION": endpoint.region,
+    }
+    destination = _destination(job)
+    argv: tuple[str, ...]
+    if tool == "agent":
+        return Invocation(
+            (found, "sync", "--config", str(job.config)),
+            environment,
+            {job.config: agent_config(job, endpoint)},
+        )
+    if tool == "aws":
+        argv = (found, "s3", "sync", "--only-show-errors", "--no-progress")
+        argv += ("--endpoint-url", endpoint.url, str(job.tree), f"s3://{job.bucket}/{destination}")
+        return Invocation(argv, environment)
+    if tool == "s5cmd":
+        argv = (found, "--endpoint-url", endpoint.url, "sync")
+        argv += (f"{job.tree}/", f"s3://{job.bucket}/{destination}/")
+        return Invocation(argv, environment)
+    if tool == "rclone":
+        remote = f"RCLONE_CONFIG_{RCLONE_REMOTE}_"
+        environment.update(
+            {
+                f"{remote}TYPE": "s3",
+                f"{remote}PROVIDER": "Other",
+                f"{remote}ENV_AUTH": "true",
+                f"{remote}ENDPOINT": endpoint.url,
+                f"{remote}REGION": endpoint.region,
+            }
+        )
+        # No config file: the remote lives in the environment only.
+        environment["RCLONE_CONFIG"] = os.devnull
+        argv = (found, "sync", str(job.tree), f"{RCLONE_REMOTE.lower()}:{job.bucket}/{destination}")
+        # rclone's AWS SDK cannot load AWS_CA_BUNDLE into rclone's own HTTP transport (it
+        # fails with LoadCustomCABundleError); rclone takes the bundle as --ca-cert instead.
+        bundle = environment.pop("AWS_CA_BUNDLE", None)
+        if bundle and endpoint.url.startswith("https:"):
+            argv += ("--ca-cert", bundle)
+        return Invocation(argv, environment)
+    raise ValueError(f"unknown tool {tool!r}")
+
+
 def daemon_config(
     job: Job, endpoint: Endpoint, layout: str = "{subject}/{session}", source: str = "scope"
 ) -> str:
