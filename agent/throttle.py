@@ -94,13 +94,14 @@ class ThrottledBody:
         self._chunk = chunk
         self._position = 0
         self._paid = 0
+        self._abandoned = False
 
     def __len__(self) -> int:
         return len(self._data)
 
     def read(self, size: int = -1) -> bytes:
         """Return up to `size` bytes (bounded by the chunk size), waiting for tokens."""
-        if self._stop is not None and self._stop.is_set():
+        if self._abandoned or (self._stop is not None and self._stop.is_set()):
             raise Interrupted()
         if size is None or size < 0:
             size = len(self._data) - self._position
@@ -113,6 +114,19 @@ class ThrottledBody:
         block = bytes(self._data[self._position : end])
         self._position = end
         return block
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:
+        """Fill `buffer` as `read` would; awscrt's signer reads this way. An exception raised
+        inside awscrt's callback is printed as a raw traceback on stderr, so a stop ends the
+        body here as if it were complete (0 bytes) and abandons it: every later read raises
+        Interrupted, and the send that follows the signing is given up in Python."""
+        try:
+            data = self.read(len(buffer))
+        except Interrupted:
+            self._abandoned = True
+            return 0
+        buffer[: len(data)] = data
+        return len(data)
 
     def seek(self, offset: int, whence: int = 0) -> int:
         """Move the read position, like a file."""

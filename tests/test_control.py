@@ -141,3 +141,27 @@ def test_rescan_finds_what_no_event_reported(make_rig: Callable[..., Rig]) -> No
     finally:
         exit_code, log = stop_daemon(daemon)
     assert exit_code == 0, log
+
+
+def test_a_pause_then_a_stop_mid_upload_print_no_raw_traceback(
+    make_rig: Callable[..., Rig], client: Any
+) -> None:
+    """Parts and files in flight when a pause or a stop comes are abandoned quietly (they
+    resume later): awscrt printed a raw traceback for each one it was signing."""
+    rig = make_rig(upload_extra='max_bandwidth = "4MB"', concurrency=4)
+    files = {f"img{n:02d}.tif": os.urandom(200_000) for n in range(30)}
+    files["big.ap.bin"] = os.urandom(30 * 1024**2)
+    age(write_session(rig, "mouse3/s1", files), 60)
+    daemon = start_daemon(rig)
+    try:
+        assert wait_for(lambda: state_of(rig, "ephys/mouse3/s1") == "uploading", timeout=30)
+        assert rig.agentctl("pause").returncode == 0
+        assert wait_for(lambda: state_of(rig, "ephys/mouse3/s1") == "ready", timeout=30)
+    finally:
+        exit_code, log = stop_daemon(daemon)
+    assert exit_code == 0, log
+    assert "Traceback" not in log and "AWS_ERROR_UNKNOWN" not in log, log
+    assert rig.agentctl("resume").returncode == 0
+    assert json.loads(rig.agentctl("sync", "--json").stdout)["sessions_uploaded"] == 1
+    body = client.get_object(Bucket=rig.bucket, Key="rig-01/ephys/mouse3/s1/big.ap.bin")
+    assert body["Body"].read() == files["big.ap.bin"]

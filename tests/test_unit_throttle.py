@@ -545,3 +545,28 @@ def test_parse_clock(text: str, minutes: int) -> None:
 def test_parse_clock_refuses_what_is_not_a_time_of_day(text: str) -> None:
     with pytest.raises(ValueError, match="is not a time of day"):
         parse_clock(text)
+
+
+def test_readinto_fills_a_buffer_as_read_would_and_pays_once() -> None:
+    clock = FakeClock()
+    bucket = bucket_on(clock, 1000, burst=0)
+    body = ThrottledBody(b"abcdefgh", bucket, chunk=4)
+    buffer = bytearray(8)
+    assert body.readinto(memoryview(buffer)[:4]) == 4 and bytes(buffer[:4]) == b"abcd"
+    body.seek(0)  # signed first, then sent: the bytes already paid for cost nothing again
+    assert body.read(4) == b"abcd"
+    assert bucket.taken == 4
+
+
+def test_a_stop_during_readinto_ends_the_body_quietly_and_abandons_it() -> None:
+    """awscrt's signer reads through readinto and prints a raw traceback for any exception
+    its callback raises; a stop there ends the body instead, and the send that follows is
+    given up even if the stop was lifted in between (a pause that ended at once)."""
+    stop = threading.Event()
+    body = ThrottledBody(b"abcdefgh", TokenBucket(0), stop)
+    stop.set()
+    assert body.readinto(bytearray(8)) == 0
+    stop.clear()
+    body.seek(0)
+    with pytest.raises(Interrupted):
+        body.read(8)
