@@ -14,7 +14,6 @@ from typing import Any, Protocol
 from agent.state.db import Database
 from agent.state.records import (
     DONE,
-    MISSING,
     PENDING,
     FileRecord,
     PartRecord,
@@ -80,20 +79,6 @@ class Ledger(Protocol):
         """The session's manifest is in S3: the session is uploaded."""
 
 
-def _weight(state: str | None, size: int) -> tuple[int, int, int, int, int]:
-    """What one file row adds to its session's totals: (files, bytes, uploaded bytes,
-    pending files, pending bytes); missing files count for nothing."""
-    if state is None or state == MISSING:
-        return (0, 0, 0, 0, 0)
-    return (
-        1,
-        size,
-        size if state == DONE else 0,
-        1 if state == PENDING else 0,
-        size if state == PENDING else 0,
-    )
-
-
 class SqliteLedger:
     """The ledger in the state database (tables `files`, `uploads`, `parts`)."""
 
@@ -130,18 +115,23 @@ class SqliteLedger:
         self.acknowledged_at = now
         where = [record.session_id, record.rel_path]
         with self._database.transaction():
-            before = self._database.rows(
-                "select state, size from files where session_id = ? and rel_path = ?", where
+            rows = self._database.rows(
+                "select state, size, mtime_ns from files where session_id = ? and rel_path = ?",
+                where,
+            )
+            # Only a pending row of this very version becomes uploaded: a newer version seen
+            # meanwhile stays pending, a file found gone stays missing.
+            done = bool(rows) and (rows[0]["state"], rows[0]["size"], rows[0]["mtime_ns"]) == (
+                PENDING,
+                record.size,
+                record.mtime_ns,
             )
             self._database.execute(
-                """update files set state = case when state = 'pending' and size = ? and
-                   mtime_ns = ? then 'uploaded' else state end, checksum = ?,
-                   checksum_algorithm = ?, etag = ?, uploaded_size = ?, uploaded_mtime_ns = ?,
-                   uploaded_at = ?, error = null
+                """update files set state = ?, checksum = ?, checksum_algorithm = ?, etag = ?,
+                   uploaded_size = ?, uploaded_mtime_ns = ?, uploaded_at = ?, error = null
                    where session_id = ? and rel_path = ?""",
                 [
-                    record.size,
-                    record.mtime_ns,
+                    DONE if done else (rows[0]["state"] if rows else PENDING),
                     checksum,
                     checksum_algorithm,
                     etag,
@@ -153,22 +143,15 @@ class SqliteLedger:
             )
             if finished_upload_id is not None:
                 self._forget_upload(finished_upload_id)
-            if before:
-                # The session's totals change by this one row's difference: recounting every
-                # row of the session here made each file cost more the larger its session.
-                old = _weight(before[0]["state"], before[0]["size"])
-                after = self._database.rows(
-                    "select state, size from files where session_id = ? and rel_path = ?", where
+            if done:
+                # The session's totals move by this one file: recounting every row of the
+                # session here made each file cost more the larger its session.
+                self._database.execute(
+                    """update sessions set uploaded_bytes = uploaded_bytes + ?,
+                       pending_files = pending_files - 1, pending_bytes = pending_bytes - ?
+                       where id = ?""",
+                    [record.size, record.size, record.session_id],
                 )
-                new = _weight(after[0]["state"], after[0]["size"])
-                delta = [n - o for n, o in zip(new, old, strict=True)]
-                if any(delta):
-                    self._database.execute(
-                        """update sessions set files = files + ?, bytes = bytes + ?,
-                           uploaded_bytes = uploaded_bytes + ?, pending_files = pending_files + ?,
-                           pending_bytes = pending_bytes + ? where id = ?""",
-                        [*delta, record.session_id],
-                    )
 
     def upload_started(
         self,
