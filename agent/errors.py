@@ -34,6 +34,14 @@ class StateError(AgentError):
     """The state database cannot be opened, migrated or written."""
 
 
+class StateDamagedError(StateError):
+    """The state database file is damaged or is not a database: only moving it aside helps."""
+
+
+class StateDiskError(StateError):
+    """The state database's disk is full or failing: writes resume when space returns."""
+
+
 class TransferError(AgentError):
     """An S3 operation failed. `retryable` says whether trying again may succeed."""
 

@@ -57,14 +57,17 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
     paused_by: str | None = None,
     backlog: Backlog | None = None,
     blocked: str | None = None,
+    critical: str | None = None,
 ) -> Health:
     """Given the daemon's heartbeat, session counts, backlog and last error, return health.
 
-    CRITICAL: the daemon has stopped beating (crashed, hung or stopped). WARNING: some
-    sessions failed, the daemon never ran, an operator paused uploads (a forgotten pause
-    must not look healthy), sessions are `blocked` (refused, or unreadable: only a person can
-    help them), a session has waited ready too long, or sessions are ready and
-    nothing has been sent for too long. OK otherwise, also during a scheduled pause.
+    CRITICAL: trouble with the state database named in `critical` (its disk full, or the
+    file set aside as damaged and being rebuilt); the daemon has stopped beating (crashed,
+    hung or stopped). WARNING: some sessions failed, the daemon never ran, an operator
+    paused uploads (a forgotten pause must not look healthy), sessions are `blocked`
+    (refused, or unreadable: only a person can help them), a session has waited ready too
+    long, or sessions are ready and nothing has been sent for too long. OK otherwise, also
+    during a scheduled pause.
     """
     failed = counts.get("failed", 0)
     age = None if heartbeat is None else max(0.0, now - heartbeat.beat_at)
@@ -75,6 +78,10 @@ def assess(  # noqa: PLR0917 - each input is a different fact from the database
         and alive is not False
     )
     waiting = f"{backlog_files} files waiting to upload"
+    if critical is not None:
+        # Trouble with the state database itself (a full disk stops the heartbeat too):
+        # named before anything read from it.
+        return Health(CRITICAL, f"{critical}; {waiting}", running, age)
     if heartbeat is None:
         return Health(WARNING, f"daemon has never run; {waiting}", False, None)
     if heartbeat.stopped_at is not None:

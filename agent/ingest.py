@@ -9,6 +9,7 @@ every source is reconciled, so a session is always judged again before it is upl
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -16,7 +17,7 @@ import structlog
 
 from agent import sessions
 from agent.config import Settings
-from agent.errors import PermanentTransferError, TransferError
+from agent.errors import PermanentTransferError, StateDiskError, StateError, TransferError
 from agent.observe import Observer, source_key_root
 from agent.state import SessionRecord, State
 from agent.transfer import S3Store
@@ -79,6 +80,11 @@ class Ingest:
 
     # --- uploading ----------------------------------------------------------------------------
 
+    def recover_sessions(self) -> None:
+        """Sessions left `uploading` (by a crash, or a write the state disk refused) become
+        `ready`, to be judged again."""
+        self.observer.recover_sessions()
+
     def due_sessions(self) -> list[SessionRecord]:
         """Ready sessions, and failed ones whose retry time has come, oldest first."""
         now = self.clock()
@@ -115,6 +121,13 @@ class Ingest:
         started = self.clock()
         try:
             outcome = self.uploader.upload_session(record)
+        except StateDiskError:
+            # The disk under the database, not the session, is at fault: no failure is
+            # recorded against the session (nor could be). It is sent again once the daemon
+            # can write; what S3 acknowledged and was recorded is not sent twice.
+            with contextlib.suppress(StateError):
+                self.state.sessions.move(record.id, sessions.READY, reason="state disk trouble")
+            raise
         except TransferError as error:
             outcome = UploadOutcome(errors=[error])
         except OSError as error:
@@ -178,6 +191,8 @@ class Ingest:
         source = self.settings.source(record.source)
         try:
             outcome = self.uploader.upload_growing(record, source.growing_part_size)
+        except StateDiskError:
+            raise
         except TransferError as error:
             outcome = UploadOutcome(errors=[error])
         except OSError as error:

@@ -12,6 +12,7 @@ import json
 import socket
 import time
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from agent import __version__, health
@@ -19,7 +20,8 @@ from agent.config import Settings
 from agent.logs import plain
 from agent.redact import redact
 from agent.sessions import SESSION_STATES
-from agent.state import REFUSED_FLAG, State
+from agent.state import REFUSED_FLAG, State, free_space, nearly_full
+from agent.state.rescue import REBUILT_FLAG
 from agent.throttle import limit_at
 from agent.units import human_age, human_bytes, human_rate, iso
 
@@ -51,6 +53,9 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
     hook_failure = state.control.flag(HOOK_FLAG)
     oldest = {name: state.queries.oldest_in(name) for name in ("waiting", "ready", "uploading")}
     last_file_at = state.queries.last_file_uploaded_at()
+    rebuilt_flag = state.control.flag(REBUILT_FLAG)
+    rebuilt = json.loads(rebuilt_flag) if rebuilt_flag else None
+    state_dir = settings.agent.state_dir
 
     counts = dict.fromkeys(SESSION_STATES, 0)
     files = size = ready_files = ready_bytes = 0
@@ -98,6 +103,7 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
         paused_by=paused_by,
         backlog=backlog,
         blocked=_blocked(refused, unreadable),
+        critical=_state_trouble(state_dir, rebuilt),
     )
     rate = heartbeat.rate if heartbeat is not None and verdict.daemon_running else 0.0
     eta = ready_bytes / rate if rate > 0 and ready_bytes else (0.0 if not ready_bytes else None)
@@ -164,12 +170,42 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
                 {"session": session, "reason": redact(reason)} for session, reason in unreadable
             ],
         },
+        # The state database itself: set aside and rebuilt (until caught up), and its disk.
+        "state_db": {
+            "rebuilt": (
+                {
+                    "moved_to": rebuilt["moved_to"],
+                    "at": iso(rebuilt["at"]),
+                    "reason": redact(rebuilt["reason"]),
+                }
+                if rebuilt
+                else None
+            ),
+            "disk_free_bytes": free_space(state_dir),
+        },
         "thresholds": {
             "heartbeat_stale_s": settings.agent.heartbeat_stale,
             "ready_warning_s": settings.status.ready_warning,
             "stalled_warning_s": settings.status.stalled_warning,
         },
     }
+
+
+def _state_trouble(state_dir: Path, rebuilt: dict[str, Any] | None) -> str | None:
+    """What is wrong with the state database that status must call CRITICAL, or None."""
+    if nearly_full(state_dir):
+        return (
+            f"state disk full: the filesystem of {state_dir} has "
+            f"{human_bytes(free_space(state_dir) or 0)} free; uploads are paused until space "
+            "is freed there, then resume by themselves"
+        )
+    if rebuilt:
+        return (
+            f"state database was damaged and set aside as {rebuilt['moved_to']} at "
+            f"{iso(rebuilt['at'])}; rebuilding from the sources (nothing S3 holds is sent "
+            "again); this clears once every complete session is uploaded"
+        )
+    return None
 
 
 def unknown_report(message: str) -> dict[str, Any]:

@@ -28,7 +28,7 @@ import structlog
 from agent import fleet, lock, logs
 from agent.checksums import Tally
 from agent.config import Settings, load_settings
-from agent.errors import AgentError, TransferError
+from agent.errors import AgentError, StateDiskError, TransferError
 from agent.hooks import Hooks
 from agent.ingest import Ingest, log_retry
 from agent.limits import Limits
@@ -37,6 +37,7 @@ from agent.notify import Notifier, Pulse, stall_limit
 from agent.observe import source_for_path
 from agent.report import HOOK_FLAG, status_report
 from agent.state import SessionRecord, State
+from agent.state.rescue import REBUILT_FLAG, open_or_rebuild
 from agent.transfer import S3Store, store_from_settings
 from agent.upload import UploadOutcome
 from agent.vitals import Vitals, WatchdogGuard
@@ -53,6 +54,8 @@ HOOK_GRACE = 1.0
 # the state directory holding "loop" or "uploader" hangs that part of the daemon (once; the
 # file is removed), so tests can watch systemd's watchdog act. Ignored without the variable.
 FAULT_FILE = "test-fault-hang"
+# While the state disk is full or failing, a write is tried again this often.
+DISK_RETRY = 10.0
 
 
 class Daemon:
@@ -87,6 +90,11 @@ class Daemon:
         self.limits = Limits(settings.upload, clock=clock)
         self.vitals = Vitals(clock=clock, started_at=clock())
         self.worker: UploadWorker | None = None
+        # The state disk's trouble (full, failing) while uploads wait for it, and the error
+        # the uploader thread met, handed to the main loop.
+        self.disk_trouble: str | None = None
+        self._disk_probe_at = 0.0
+        self._worker_disk_error: StateDiskError | None = None
 
     def _on_path(self, path: Path) -> None:
         found = source_for_path(self.settings, path)
@@ -124,9 +132,35 @@ class Daemon:
         """
         held = lock.acquire(self.settings.agent.state_dir, "daemon")
         try:
-            return self._run()
+            while True:
+                try:
+                    return self._run()
+                except StateDiskError as error:
+                    # Exiting would only have systemd start us into the same error, again
+                    # and again: wait here, said once, and start again when the disk allows.
+                    if not self._wait_for_state_disk(error):
+                        return 0
         finally:
             held.release()
+
+    def _wait_for_state_disk(self, error: StateDiskError) -> bool:
+        """Start-up met a full or failing state disk: report it (once), tell systemd we are
+        up but waiting, keep its watchdog fed, and return after DISK_RETRY seconds (True) or
+        at a stop (False)."""
+        if self.disk_trouble is None:
+            self.disk_trouble = str(error)
+            log.critical(
+                "state_disk_trouble",
+                error=str(error),
+                hint=f"nothing can be recorded, so nothing is uploaded; the agent tries again "
+                f"every {DISK_RETRY:.0f}s and carries on by itself",
+            )
+        self.notifier.ready(f"CRITICAL, waiting for the state disk: {error}")
+        deadline = time.monotonic() + DISK_RETRY
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            self.notifier.watchdog()
+            self.stop.wait(1.0)
+        return not self.stop.is_set()
 
     def _run(self) -> int:
         if self.notifier.missing_library:
@@ -135,7 +169,15 @@ class Daemon:
                 error="systemd-python is not installed; systemd will not hear READY or "
                 "WATCHDOG (install python3-systemd or the systemd-python package)",
             )
-        state = State.open(self.settings.state_db_path)
+        state, damage, moved_to = open_or_rebuild(self.settings.state_db_path, self.clock())
+        if damage is not None:
+            log.critical(
+                "state_database_rebuilt",
+                error=str(damage),
+                moved_to=str(moved_to),
+                hint="the damaged file was set aside, not deleted; the agent finds its sessions "
+                "again from the sources and sends nothing S3 already holds",
+            )
         previous = state.control.heartbeat()
         # When S3 last acknowledged anything survives a restart: a daemon restarted by the
         # watchdog again and again must still show as stalled.
@@ -156,15 +198,25 @@ class Daemon:
         )
         ingest = Ingest(self.settings, state, store, clock=self.clock, on_outcome=self._on_outcome)
         watcher = Watcher(self.settings.sources, self._on_path, self._rescan_now.set)
+        beater: fleet.Beater | None = None
         try:
             self.vitals.beat(state, "starting: recovering and reconciling")
+            if self.disk_trouble is not None:
+                log.warning("state_disk_recovered", was=self.disk_trouble)
+                self.disk_trouble = None
             # The fleet hears of the start at once, not after a long first scan.
             beater = self._start_beater(state)
             self.notifier.status("starting: recovering unfinished uploads, scanning sources")
             # A stop asked for during a long first reconcile ends it early.
             ingest.start_up(self.stop.is_set)
             watcher.start()
-            worker = UploadWorker(ingest, stop=self.stop, halt=self.halt, pulse=self.pulse)
+            worker = UploadWorker(
+                ingest,
+                stop=self.stop,
+                halt=self.halt,
+                pulse=self.pulse,
+                on_disk_trouble=self._worker_met_disk_trouble,
+            )
             self.worker = worker
             self._apply_limits(state, store)
             worker.start()
@@ -182,19 +234,27 @@ class Daemon:
             self._main_loop(state, ingest, watcher, store)
             self.notifier.stopping()
             log.info("stop_requested", signal=self._signal)
-            if beater is not None:
-                beater.stop()
+            stopped_beater, beater = beater, None
+            if stopped_beater is not None:
+                stopped_beater.stop()
             worker.join(STOP_GRACE)
             # Only a clean stop is recorded as one: after a crash, status must say so.
             state.control.stopped(self.clock())
-            if beater is not None:
-                beater.last_beat()  # the fleet sees a stop, not a silence
+            if stopped_beater is not None:
+                stopped_beater.last_beat()  # the fleet sees a stop, not a silence
             self.metrics.stop()
             self.hooks.wait(HOOK_GRACE)
+        except StateDiskError:
+            if self.stop.is_set():
+                log.critical("daemon_crashed", exc_info=True)
+                return 1
+            raise  # before the main loop (which waits itself): run() waits and starts again
         except Exception:
             log.critical("daemon_crashed", exc_info=True)
             return 1
         finally:
+            if beater is not None:
+                beater.stop()
             self.halt.set()
             watcher.stop()
             state.close()
@@ -249,6 +309,54 @@ class Daemon:
         died = self.worker is not None and self.worker.died()
         return self.guard.ping(time.monotonic(), next_ping, died)
 
+    def _worker_met_disk_trouble(self, error: StateDiskError) -> None:
+        # Called from the uploader thread: the main loop takes it at its next tick.
+        self._worker_disk_error = error
+        self.halt.set()
+
+    def _enter_disk_trouble(self, error: StateDiskError, now: float) -> None:
+        """Pause uploads until the database can be written again, said once, loudly: a
+        daemon that exited would be restarted by systemd into the same error, again and
+        again, and every restart would scan the sources for nothing."""
+        self.halt.set()
+        self._disk_probe_at = now + DISK_RETRY
+        if self.disk_trouble is None:
+            self.disk_trouble = str(error)
+            log.critical(
+                "state_disk_trouble",
+                error=str(error),
+                hint=f"uploads paused; the agent tries again every {DISK_RETRY:.0f}s and "
+                "resumes by itself",
+            )
+            self.notifier.status(f"CRITICAL, uploads paused: {error}")
+
+    def _disk_recovered(self, state: State, store: S3Store, now: float) -> bool:
+        """While the disk is in trouble, try one write (the heartbeat) every DISK_RETRY
+        seconds; return True once it succeeds."""
+        if now < self._disk_probe_at:
+            return False
+        self._disk_probe_at = now + DISK_RETRY
+        try:
+            self.vitals.beat(state, "state disk recovered")
+        except StateDiskError:
+            return False
+        log.warning("state_disk_recovered", was=self.disk_trouble)
+        self.disk_trouble = None
+        self._rescan_now.set()
+        if self.worker is not None:
+            self.worker.wake()
+        return True
+
+    def _end_rebuild(self, state: State) -> None:
+        """A rebuilt database stops being news once nothing is left to send."""
+        if state.control.flag(REBUILT_FLAG) is None:
+            return
+        counts = state.queries.session_counts()
+        if any(counts.get(name, 0) for name in ("ready", "uploading")):
+            return  # failed sessions are reported by status on their own
+        state.control.set_flag(REBUILT_FLAG, None, self.clock())
+        log.warning("state_rebuild_caught_up", sessions=counts)
+
     def _main_loop(self, state: State, ingest: Ingest, watcher: Watcher, store: S3Store) -> None:
         next_beat = 0.0
         next_ping = 0.0
@@ -268,37 +376,51 @@ class Daemon:
                 threading.Event().wait()  # hung on purpose: the watchdog must notice
             elif fault == "uploader" and self.worker is not None:
                 self.worker.hang.set()
-            moved = (store.limiter.taken, Tally.value)
-            if moved != last_moved:
-                last_moved = moved
-                self.pulse.beat()
             next_ping = self._ping(next_ping)
-            if self._reload_asked.is_set():
-                self._reload_asked.clear()
-                answer_reload(self.settings)
-            self._apply_limits(state, store)
-            self._serve_requests(state)
-            if now >= next_beat:
-                line = self.vitals.status_line(state, store.limiter.taken, self.limits.paused_by)
-                self.vitals.beat(state, line)
-                self.notifier.status(line)
-                next_beat = now + self.settings.agent.heartbeat_interval
-            self.metrics.tick(now)
-            for source_name, rel_path in self._take_hints():
-                ingest.observe(self.settings.source(source_name), rel_path)
-            if not watcher.healthy() and not watcher_died:
-                watcher_died = True
-                log.error("watcher_died", hint="rescanning every rescan_interval; restart me")
-                next_rescan = min(next_rescan, now)
-            if self._rescan_now.is_set():
-                self._rescan_now.clear()
+            if self._worker_disk_error is not None:
+                error, self._worker_disk_error = self._worker_disk_error, None
+                self._enter_disk_trouble(error, now)
+            if self.disk_trouble is not None and not self._disk_recovered(state, store, now):
+                self.stop.wait(TICK)
+                continue
+            try:
+                moved = (store.limiter.taken, Tally.value)
+                if moved != last_moved:
+                    last_moved = moved
+                    self.pulse.beat()
+                if self._reload_asked.is_set():
+                    self._reload_asked.clear()
+                    answer_reload(self.settings)
+                self._apply_limits(state, store)
+                self._serve_requests(state)
+                if now >= next_beat:
+                    line = self.vitals.status_line(
+                        state, store.limiter.taken, self.limits.paused_by
+                    )
+                    self.vitals.beat(state, line)
+                    self.notifier.status(line)
+                    self._end_rebuild(state)
+                    next_beat = now + self.settings.agent.heartbeat_interval
+                self.metrics.tick(now)
+                for source_name, rel_path in self._take_hints():
+                    ingest.observe(self.settings.source(source_name), rel_path)
+                if not watcher.healthy() and not watcher_died:
+                    watcher_died = True
+                    log.error("watcher_died", hint="rescanning every rescan_interval; restart me")
+                    next_rescan = min(next_rescan, now)
+                if self._rescan_now.is_set():
+                    self._rescan_now.clear()
+                    next_rescan = now
+                if now >= next_rescan:
+                    ingest.reconcile(reconcile_tick)
+                    next_rescan = now + self.settings.agent.rescan_interval
+                ingest.recheck_waiting()
+                if ingest.due_sessions() and self.worker is not None:
+                    self.worker.wake()
+            except StateDiskError as error:
+                self._enter_disk_trouble(error, now)
+                # What was seen since the last reconcile may not have been recorded.
                 next_rescan = now
-            if now >= next_rescan:
-                ingest.reconcile(reconcile_tick)
-                next_rescan = now + self.settings.agent.rescan_interval
-            ingest.recheck_waiting()
-            if ingest.due_sessions() and self.worker is not None:
-                self.worker.wake()
             logs.flush_repeats()
             self.stop.wait(TICK)
         self.halt.set()

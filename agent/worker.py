@@ -9,6 +9,7 @@ from typing import Any, Protocol
 
 import structlog
 
+from agent.errors import StateDiskError
 from agent.notify import Pulse
 from agent.state import SessionRecord
 
@@ -29,20 +30,32 @@ class Uploads(Protocol):
 
     def upload_growing(self, record: SessionRecord) -> Any: ...
 
+    def recover_sessions(self) -> None: ...
+
 
 class UploadWorker:
     """Runs `Uploads` in its own thread. `pulse` tells the watchdog guard it is alive: idle,
     or busy with progress. `hang` (test faults only) hangs it as a never-ending S3 call would."""
 
     def __init__(
-        self, uploads: Uploads, *, stop: threading.Event, halt: threading.Event, pulse: Pulse
+        self,
+        uploads: Uploads,
+        *,
+        stop: threading.Event,
+        halt: threading.Event,
+        pulse: Pulse,
+        on_disk_trouble: Callable[[StateDiskError], None] = lambda error: None,
     ) -> None:
         self.uploads = uploads
+        self.on_disk_trouble = on_disk_trouble
         self.stop = stop
         self.halt = halt
         self.pulse = pulse
         self.hang = threading.Event()
         self._wake = threading.Event()
+        # Set when the state disk failed under an upload: the session may still be recorded
+        # as uploading, and is made ready again (here, in this thread) before the next round.
+        self._recover = False
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -74,6 +87,12 @@ class UploadWorker:
                 threading.Event().wait()  # hung on purpose, like an S3 call that never ends
             try:
                 self.round()
+            except StateDiskError as error:
+                # Not this thread's to report: the daemon pauses uploads until the disk
+                # can be written again, and says so once.
+                self._recover = True
+                self.on_disk_trouble(error)
+                self.stop.wait(IDLE_WAIT)
             except Exception:
                 # E.g. the database busy or full while listing due sessions: the thread
                 # must outlive it (if it died, the watchdog pings would stop).
@@ -87,6 +106,11 @@ class UploadWorker:
             (self.uploads.due_sessions, self.uploads.upload),
             (self.uploads.growing_sessions, self.uploads.upload_growing),
         )
+        if self.halt.is_set():
+            return
+        if self._recover:
+            self.uploads.recover_sessions()
+            self._recover = False
         for sessions_of, upload in passes:
             for record in sessions_of():
                 if self.stop.is_set() or self.halt.is_set():
@@ -94,6 +118,8 @@ class UploadWorker:
                 self.pulse.busy()
                 try:
                     upload(record)
+                except StateDiskError:
+                    raise
                 except Exception:
                     log.exception("upload_loop_error", session=record.id)
                 self.pulse.beat()

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from agent.state.control import REFUSED_FLAG, Control
-from agent.state.db import Database
+from agent.state.db import Database, free_space, nearly_full
 from agent.state.ledger import Ledger, SqliteLedger
 from agent.state.queries import StatusQueries
 from agent.state.records import (
@@ -50,6 +50,8 @@ __all__ = [
     "State",
     "UploadRecord",
     "fingerprint_of",
+    "free_space",
+    "nearly_full",
 ]
 
 

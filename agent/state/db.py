@@ -7,6 +7,7 @@ when the call returns.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -17,7 +18,7 @@ from typing import Any
 
 import sqlite_utils
 
-from agent.errors import StateError
+from agent.errors import StateDamagedError, StateDiskError, StateError
 from agent.state.schema import MIGRATIONS
 
 BUSY_TIMEOUT_MS = 10_000
@@ -25,30 +26,60 @@ BUSY_TIMEOUT_MS = 10_000
 NEARLY_FULL = 4 * 1024**2
 
 
-def _nearly_full(path: Path) -> bool:
+def free_space(directory: Path) -> int | None:
+    """Bytes free to this user on the filesystem of `directory` (None if it cannot be known)."""
     try:
-        stats = os.statvfs(path.parent)
+        stats = os.statvfs(directory)
     except OSError:
-        return False
-    return stats.f_bavail * stats.f_frsize < NEARLY_FULL
+        return None
+    return stats.f_bavail * stats.f_frsize
 
 
-def problem(path: Path, error: BaseException) -> str:
-    """What went wrong with the database at `path`, and what the operator can do."""
+def nearly_full(directory: Path) -> bool:
+    """Whether the filesystem of `directory` has too little room left to write the database."""
+    free = free_space(directory)
+    return free is not None and free < NEARLY_FULL
+
+
+def _nearly_full(path: Path) -> bool:
+    return nearly_full(path.parent)
+
+
+def _disk_trouble(path: Path, error: BaseException) -> bool:
     text = str(error)
-    if "disk is full" in text or getattr(error, "errno", None) == 28 or _nearly_full(path):
+    return (
+        "disk is full" in text
+        or getattr(error, "errno", None) in (errno.ENOSPC, errno.EIO)
+        or getattr(error, "sqlite_errorname", "") in ("SQLITE_FULL", "SQLITE_IOERR")
+        or "disk I/O error" in text
+        or _nearly_full(path)
+    )
+
+
+def problem(path: Path, error: BaseException) -> StateError:
+    """What went wrong with the database at `path` and what the operator can do, as the
+    StateError kind a caller can act on: a full or failing disk (StateDiskError), a damaged
+    file (StateDamagedError), or anything else."""
+    text = str(error)
+    if _disk_trouble(path, error):
         # SQLite may say only "disk I/O error" when the WAL index cannot grow.
-        return (
-            f"{path}: {text}: the filesystem of {path.parent} is full; free space on it "
-            "(the agent resumes where it stopped)"
+        if _nearly_full(path) or "full" in text or getattr(error, "errno", None) == errno.ENOSPC:
+            return StateDiskError(
+                f"{path}: {text}: the filesystem of {path.parent} is full; free space on it "
+                "(the agent resumes where it stopped)"
+            )
+        return StateDiskError(
+            f"{path}: {text}: the disk holding {path.parent} failed a read or write; check "
+            "it (dmesg, smartctl) and free or replace it (the agent resumes where it stopped)"
         )
     if "malformed" in text or "not a database" in text:
-        return (
+        return StateDamagedError(
             f"{path} is damaged ({text}). Stop the agent, move the file aside (with its -wal "
             "and -shm files) and start it again: it rebuilds its records from the sources, "
-            "and what S3 already holds is recognised, not sent again"
+            "and what S3 already holds is recognised, not sent again. The daemon does this "
+            "itself when it starts"
         )
-    return f"cannot use state database {path}: {text}"
+    return StateError(f"cannot use state database {path}: {text}")
 
 
 class Database:
@@ -83,7 +114,7 @@ class Database:
             connection.execute("pragma synchronous = normal")
             connection.execute("pragma foreign_keys = on")
         except (sqlite3.Error, OSError) as error:
-            raise StateError(problem(path, error)) from error
+            raise problem(path, error) from error
         database = cls(connection, path)
         try:
             if create:
@@ -95,7 +126,7 @@ class Database:
             database.migrate(allowed=create)
         except sqlite3.Error as error:
             connection.close()
-            raise StateError(problem(path, error)) from error
+            raise problem(path, error) from error
         return database
 
     def close(self) -> None:
@@ -146,7 +177,7 @@ class Database:
                 if self.connection.in_transaction:
                     self.connection.execute("rollback")
                 if isinstance(error, sqlite3.DatabaseError):
-                    raise StateError(problem(self.path, error)) from error
+                    raise problem(self.path, error) from error
                 raise
 
     def rows(self, sql: str, params: Any = None) -> list[dict[str, Any]]:
@@ -155,7 +186,7 @@ class Database:
             try:
                 return list(self.db.query(sql, params or []))
             except sqlite3.DatabaseError as error:
-                raise StateError(problem(self.path, error)) from error
+                raise problem(self.path, error) from error
 
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         """Run one statement on the connection (inside a caller's transaction for writes)."""
