@@ -4,6 +4,8 @@ answer to one is checked by handing the reader the event the kernel sends."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from agent.watch import (
     Watcher,
     choose_mode,
     filesystem_type,
+    limit_hint,
 )
 from tests.conftest import wait_for
 
@@ -50,6 +53,9 @@ class Sink:
 
     def on_queue_overflow(self) -> None:
         self.overflows += 1
+
+    def on_events_lost(self) -> None:
+        pass
 
 
 class Calls:
@@ -214,3 +220,55 @@ def test_a_source_whose_inotify_cannot_start_leaves_the_others_watched(tmp_path:
     (line,) = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     assert line.split()[1:] == ["inotify", "poll", "True"], result.stdout + result.stderr
     assert "inotify_limit_reached" in result.stdout
+
+
+def test_the_limit_hint_names_the_limit_that_ran_out_and_the_polling() -> None:
+    watches = limit_hint(OSError(errno.ENOSPC, "inotify watch limit reached"), 30.0)
+    assert "sysctl -w fs.inotify.max_user_watches=" in watches
+    assert watches.endswith("polling every 30s meanwhile")
+    instances = limit_hint(OSError(errno.EMFILE, "inotify instance limit reached"), 0.5)
+    assert "fs.inotify.max_user_instances" in instances
+    assert "LimitNOFILE" in instances
+    assert instances.endswith("polling every 0.5s meanwhile")
+
+
+def test_a_watch_failing_for_another_reason_is_not_a_limit(tmp_path: Path) -> None:
+    """Only ENOSPC and EMFILE mean a limit; a directory gone before its watch is added is
+    watchdog's to handle, and still raised to it."""
+    limits: list[tuple[bytes, OSError]] = []
+    reader = OverflowAwareReader(lambda: None, lambda path, error: limits.append((path, error)))
+    reader.start()
+    try:
+        with pytest.raises(OSError) as raised:
+            reader.add_callback(
+                os.fsencode(tmp_path / "gone"), InotifyConstants.IN_CREATE, Sink(), CallbackId(1)
+            )
+        assert raised.value.errno == errno.ENOENT
+        assert limits == []
+    finally:
+        reader.stop()
+        reader.join(timeout=5)
+
+
+def inotify_instances() -> int:
+    """The inotify descriptors this process holds."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        # The descriptor that listed the directory is closed by now.
+        with contextlib.suppress(FileNotFoundError):
+            count += "inotify" in os.readlink(f"/proc/self/fd/{fd}")
+    return count
+
+
+def test_a_reader_stopped_before_it_read_closes_its_instance() -> None:
+    """A source whose watches run out at once stops its reader before the reader's loop
+    has read anything; that instance must not stay open (it counts against
+    fs.inotify.max_user_instances). Stopping before starting makes the order certain."""
+    before = inotify_instances()
+    reader = OverflowAwareReader(lambda: None)
+    assert inotify_instances() == before + 1
+    reader.stop()
+    reader.start()
+    reader.join(timeout=5)
+    assert not reader.is_alive()
+    assert inotify_instances() == before
