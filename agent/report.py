@@ -20,7 +20,7 @@ from agent.config import Settings
 from agent.logs import plain
 from agent.redact import redact
 from agent.sessions import SESSION_STATES
-from agent.state import REFUSED_FLAG, State, free_space, nearly_full
+from agent.state import REFUSED_FLAG, WATCH_MODES_FLAG, State, free_space, nearly_full
 from agent.state.rescue import REBUILT_FLAG
 from agent.throttle import limit_at
 from agent.units import human_age, human_bytes, human_rate, iso
@@ -53,6 +53,7 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
     hook_failure = state.control.flag(HOOK_FLAG)
     oldest = {name: state.queries.oldest_in(name) for name in ("waiting", "ready", "uploading")}
     last_file_at = state.queries.last_file_uploaded_at()
+    watch_modes = json.loads(state.control.flag(WATCH_MODES_FLAG) or "{}")
     rebuilt_flag = state.control.flag(REBUILT_FLAG)
     rebuilt = json.loads(rebuilt_flag) if rebuilt_flag else None
     state_dir = settings.agent.state_dir
@@ -155,6 +156,8 @@ def status_report(settings: Settings, state: State, now: float | None = None) ->
         "sources": [
             {
                 "name": name,
+                # As the daemon last said; None before it ran, or while it is stopped.
+                "watch": watch_modes.get(name) if verdict.daemon_running else None,
                 "sessions": entry["sessions"],
                 "backlog": {"files": entry["files"], "bytes": entry["bytes"]},
             }
@@ -259,8 +262,9 @@ def status_lines(report: dict[str, Any]) -> list[str]:
             f"({human_age(max(0.0, uploads['last_upload_age_s']))} ago)"
         )
     for source in report["sources"]:
+        watched = f" ({source['watch']})" if source.get("watch") else ""
         lines.append(
-            f"source {source['name']}: {_counts(source['sessions'])}; backlog "
+            f"source {source['name']}{watched}: {_counts(source['sessions'])}; backlog "
             f"{source['backlog']['files']} file(s), {human_bytes(source['backlog']['bytes'])}"
         )
     for item in report["blocked"]["refused"]:

@@ -15,6 +15,7 @@ deadlock on a lock the interrupted code holds.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -36,7 +37,7 @@ from agent.metrics import Metrics
 from agent.notify import Notifier, Pulse, stall_limit
 from agent.observe import source_for_path
 from agent.report import HOOK_FLAG, status_report
-from agent.state import SessionRecord, State
+from agent.state import WATCH_MODES_FLAG, SessionRecord, State
 from agent.state.rescue import REBUILT_FLAG, open_or_rebuild
 from agent.transfer import S3Store, store_from_settings
 from agent.upload import UploadOutcome
@@ -95,6 +96,7 @@ class Daemon:
         self.disk_trouble: str | None = None
         self._disk_probe_at = 0.0
         self._worker_disk_error: StateDiskError | None = None
+        self._published_modes: str | None = None
 
     def _on_path(self, path: Path) -> None:
         found = source_for_path(self.settings, path)
@@ -347,6 +349,13 @@ class Daemon:
             self.worker.wake()
         return True
 
+    def _publish_modes(self, state: State, watcher: Watcher) -> None:
+        """Record how each source is watched when it changes (a fall-back to polling)."""
+        modes = json.dumps(dict(watcher.modes), sort_keys=True)
+        if modes != self._published_modes:
+            state.control.set_flag(WATCH_MODES_FLAG, modes, self.clock())
+            self._published_modes = modes
+
     def _end_rebuild(self, state: State) -> None:
         """A rebuilt database stops being news once nothing is left to send."""
         if state.control.flag(REBUILT_FLAG) is None:
@@ -400,6 +409,7 @@ class Daemon:
                     self.vitals.beat(state, line)
                     self.notifier.status(line)
                     self._end_rebuild(state)
+                    self._publish_modes(state, watcher)
                     next_beat = now + self.settings.agent.heartbeat_interval
                 self.metrics.tick(now)
                 for source_name, rel_path in self._take_hints():

@@ -225,6 +225,13 @@ def session_state(rig: Rig, session_id: str) -> str | None:
     return None if session_id not in states else str(states[session_id])
 
 
+def watch_mode(rig: Rig) -> str | None:
+    """How `agentctl status --json` says the rig's one source is watched."""
+    report = json.loads(rig.agentctl("status", "--json").stdout)
+    mode: str | None = report["sources"][0]["watch"]
+    return mode
+
+
 def test_the_daemon_uploads_a_session_whose_directory_cannot_be_watched(
     namespaces: None, make_rig: Callable[..., Rig]
 ) -> None:
@@ -266,6 +273,8 @@ def test_the_daemon_uploads_a_session_whose_directory_cannot_be_watched(
         time.sleep(1)
         (session / "data.bin").write_bytes(b"recorded after the limit was reached")
         assert wait_for(lambda: session_state(rig, session_id) == "uploaded", timeout=20)
+        # status shows the source as polled (the daemon publishes it with its heartbeat).
+        assert wait_for(lambda: watch_mode(rig) == "poll", timeout=10), watch_mode(rig)
     finally:
         daemon.terminate()
         code = daemon.wait(timeout=30)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
-from agent.state.control import REFUSED_FLAG, Control
+from agent.state.control import REFUSED_FLAG, WATCH_MODES_FLAG, Control
 from agent.state.db import Database, free_space, nearly_full
 from agent.state.ledger import Ledger, SqliteLedger
 from agent.state.queries import StatusQueries
@@ -41,6 +41,7 @@ __all__ = [
     "PENDING",
     "REFUSED",
     "REFUSED_FLAG",
+    "WATCH_MODES_FLAG",
     "FileRecord",
     "Heartbeat",
     "Ledger",

@@ -9,6 +9,9 @@ from agent.state.records import Heartbeat
 # Sessions the last reconcile refused to record (unsafe key prefix, name not UTF-8), as a
 # JSON list of {"session", "reason"}; unset when there are none.
 REFUSED_FLAG = "refused_sessions"
+# How the running daemon watches each source, as a JSON {source: "inotify"|"poll"|"off"}:
+# a source that fell back to polling (inotify limit reached) must show it.
+WATCH_MODES_FLAG = "watch_modes"
 
 
 class Control:
