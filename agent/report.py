@@ -262,10 +262,11 @@ def status_lines(report: dict[str, Any]) -> list[str]:
             f"({human_age(max(0.0, uploads['last_upload_age_s']))} ago)"
         )
     for source in report["sources"]:
-        watched = f" ({source['watch']})" if source.get("watch") else ""
+        watched = f"; watched by {source['watch']}" if source.get("watch") else ""
         lines.append(
-            f"source {source['name']}{watched}: {_counts(source['sessions'])}; backlog "
+            f"source {source['name']}: {_counts(source['sessions'])}; backlog "
             f"{source['backlog']['files']} file(s), {human_bytes(source['backlog']['bytes'])}"
+            f"{watched}"
         )
     for item in report["blocked"]["refused"]:
         lines.append(plain(f"refused session {item['session']}: {item['reason']}"))
