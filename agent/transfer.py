@@ -12,7 +12,7 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
 import boto3
@@ -27,6 +27,7 @@ from agent.redact import SECRETS
 from agent.s3errors import (
     NOT_IMPLEMENTED_CODES,
     NotImplementedByServerError,
+    PreconditionFailedError,
     backoff_delay,
     classify_error,
 )
@@ -51,6 +52,17 @@ class ObjectInfo:
     size: int
     etag: str
     metadata: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class ListedPart:
+    """What ListParts says of one part: its ETag, its size where given, and the checksums
+    the server holds for it ({our algorithm name: base64 value}; empty unless the upload was
+    created with a checksum algorithm and the server keeps them)."""
+
+    etag: str
+    size: int | None = None
+    checksums: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -130,6 +142,10 @@ class S3Store:
         self._rng = random.Random()
         # None = not yet known; detected on first use when the mode is "auto".
         self.conditional_writes: bool | None = {"on": True, "off": False}.get(conditional_writes)
+        # If-Match (replacing only the object we know) is detected apart from If-None-Match:
+        # a server may have one and not the other. Off with conditional writes off.
+        self.if_match_supported: bool | None = False if conditional_writes == "off" else None
+        self._condition_lock = threading.Lock()
         self.list_parts_supported: bool | None = None
         self.list_uploads_supported: bool | None = None
 
@@ -229,11 +245,14 @@ class S3Store:
         metadata: Mapping[str, str],
         checksum: tuple[str, str] | None = None,
         only_if_absent: bool = False,
+        if_match: str | None = None,
         content_type: str = "application/octet-stream",
     ) -> str:
         """PUT `data` at `key`; return the ETag. `checksum` is (algorithm, base64 value)
-        sent for the server to verify. With `only_if_absent`, a conditional write where the
-        server supports it; raise PreconditionFailedError if an object is already there."""
+        sent for the server to verify. With `only_if_absent` (If-None-Match: *) or
+        `if_match` (the ETag of the object this write may replace), a conditional write
+        where the server supports it; raise PreconditionFailedError if the condition fails
+        (see `_conditional_write`)."""
         arguments: dict[str, Any] = {
             "Bucket": self.bucket,
             "Key": key,
@@ -244,33 +263,99 @@ class S3Store:
         }
         if checksum is not None:
             arguments[f"Checksum{S3_ALGORITHM_NAMES[checksum[0]]}"] = checksum[1]
-        conditional = only_if_absent and self.conditional_writes is not False
 
         def action() -> str:
-            call = dict(arguments, Body=self._body(data))
-            if conditional and self.conditional_writes is not False:
-                call["IfNoneMatch"] = "*"
-            try:
-                answer = self.client.put_object(**call)
-            except botocore.exceptions.ClientError as error:
-                if "IfNoneMatch" in call and self._rejects_condition(error):
-                    self.conditional_writes = False
-                    call.pop("IfNoneMatch")
-                    call["Body"] = self._body(data)
-                    answer = self.client.put_object(**call)
-                else:
-                    raise
-            if conditional and self.conditional_writes is None:
-                self.conditional_writes = True
+            def send(conditions: Mapping[str, str]) -> Any:
+                # A fresh body each time: one that was sent (even in part) is spent.
+                call: dict[str, Any] = {**arguments, **conditions, "Body": self._body(data)}
+                return self.client.put_object(**call)
+
+            answer = self._conditional_write(
+                "PutObject", key, send, only_if_absent=only_if_absent, if_match=if_match
+            )
             return str(answer.get("ETag", "")).strip('"')
 
         return self._call("PutObject", key, action)
+
+    # --- conditional writes -------------------------------------------------------------------
+
+    def _conditions(self, *, only_if_absent: bool, if_match: str | None) -> dict[str, str]:
+        """The condition a write carries, as boto3 arguments: If-Match with the ETag of the
+        object it may replace, or If-None-Match: * for a first write; none where the server
+        was found (or configured) without that header."""
+        if if_match is not None:
+            return {"IfMatch": f'"{if_match}"'} if self.if_match_supported is not False else {}
+        if only_if_absent and self.conditional_writes is not False:
+            return {"IfNoneMatch": "*"}
+        return {}
+
+    def _conditional_write(
+        self,
+        operation: str,
+        key: str,
+        send: Callable[[Mapping[str, str]], Any],
+        *,
+        only_if_absent: bool,
+        if_match: str | None,
+    ) -> Any:
+        """Send a write (PutObject, CompleteMultipartUpload) with its condition and return
+        the answer. A server that answers the condition header "not implemented" (501) has
+        it dropped from now on, said once, and the write goes again without it: the same
+        degradation for both writes, so a server lacking the feature costs one request.
+        An If-Match on a key with no object (404 NoSuchKey, as AWS answers) raises
+        PreconditionFailedError like a 412: either way the object is not the one we knew,
+        and the caller's existing-object policy looks at what is there."""
+        conditions = self._conditions(only_if_absent=only_if_absent, if_match=if_match)
+        try:
+            answer = send(conditions)
+        except botocore.exceptions.ClientError as error:
+            if not conditions:
+                raise
+            header = "If-Match" if "IfMatch" in conditions else "If-None-Match"
+            if self._rejects_condition(error):
+                self._condition_unsupported(header, operation, error)
+                return send({})
+            if header == "If-Match" and self._no_such_key(error):
+                raise PreconditionFailedError(
+                    operation, key, "NoSuchKey (404): no object holds the ETag recorded for it"
+                ) from error
+            raise
+        if "IfNoneMatch" in conditions and self.conditional_writes is None:
+            self.conditional_writes = True
+        if "IfMatch" in conditions and self.if_match_supported is None:
+            self.if_match_supported = True
+        return answer
+
+    def _condition_unsupported(
+        self, header: str, operation: str, error: botocore.exceptions.ClientError
+    ) -> None:
+        """Stop sending `header`: the server does not implement it. Said once per header."""
+        with self._condition_lock:
+            if header == "If-Match":
+                first, self.if_match_supported = self.if_match_supported is not False, False
+            else:
+                first, self.conditional_writes = self.conditional_writes is not False, False
+        if first:
+            log.warning(
+                "conditional_writes_unsupported",
+                header=header,
+                operation=operation,
+                action=f"the server does not implement {header}: writing without it from now "
+                "on; an object another writer puts at one of the agent's keys could be replaced",
+                error=str(error),
+            )
 
     @staticmethod
     def _rejects_condition(error: botocore.exceptions.ClientError) -> bool:
         code = error.response.get("Error", {}).get("Code")
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         return code in NOT_IMPLEMENTED_CODES or status == 501
+
+    @staticmethod
+    def _no_such_key(error: botocore.exceptions.ClientError) -> bool:
+        code = error.response.get("Error", {}).get("Code")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        return code == "NoSuchKey" or (status == 404 and code != "NoSuchUpload")
 
     # --- multipart ----------------------------------------------------------------------------
 
@@ -336,8 +421,13 @@ class S3Store:
         key: str,
         upload_id: str,
         parts: list[tuple[int, str, tuple[str, str] | None]],
+        *,
+        only_if_absent: bool = False,
+        if_match: str | None = None,
     ) -> str:
-        """Complete an upload from (number, etag, checksum) parts; return the object's ETag."""
+        """Complete an upload from (number, etag, checksum) parts; return the object's ETag.
+        `only_if_absent` and `if_match` make it conditional as for `put`: raise
+        PreconditionFailedError if the condition fails (the upload stays open)."""
         listed: list[dict[str, Any]] = []
         for number, etag, checksum in parts:
             entry: dict[str, Any] = {"PartNumber": number, "ETag": f'"{etag}"'}
@@ -345,12 +435,23 @@ class S3Store:
                 entry[f"Checksum{S3_ALGORITHM_NAMES[checksum[0]]}"] = checksum[1]
             listed.append(entry)
 
+        def send(conditions: Mapping[str, str]) -> Any:
+            call: dict[str, Any] = {
+                "Bucket": self.bucket,
+                "Key": key,
+                "UploadId": upload_id,
+                "MultipartUpload": {"Parts": listed},
+                **conditions,
+            }
+            return self.client.complete_multipart_upload(**call)
+
         def action() -> str:
-            answer = self.client.complete_multipart_upload(
-                Bucket=self.bucket,
-                Key=key,
-                UploadId=upload_id,
-                MultipartUpload={"Parts": listed},  # type: ignore[typeddict-item]
+            answer = self._conditional_write(
+                "CompleteMultipartUpload",
+                key,
+                send,
+                only_if_absent=only_if_absent,
+                if_match=if_match,
             )
             return str(answer.get("ETag", "")).strip('"')
 
@@ -397,13 +498,13 @@ class S3Store:
             return None
         return uploads
 
-    def list_parts(self, key: str, upload_id: str) -> dict[int, str] | None:
-        """{part number: etag} the server holds for an upload, or None where the server
-        does not implement ListParts (501, or 405): detected once, said once, and not asked
-        again. Raise NoSuchUploadError if the upload is gone."""
+    def list_parts(self, key: str, upload_id: str) -> dict[int, ListedPart] | None:
+        """{part number: what the server says of it} for an upload, or None where the
+        server does not implement ListParts (501, or 405): detected once, said once, and not
+        asked again. Raise NoSuchUploadError if the upload is gone."""
         if self.list_parts_supported is False:
             return None
-        parts: dict[int, str] = {}
+        parts: dict[int, ListedPart] = {}
         pages = self._pages(
             "ListParts",
             key,
@@ -415,7 +516,7 @@ class S3Store:
             for page in pages:
                 self.list_parts_supported = True
                 for item in page.get("Parts", []):
-                    parts[int(item["PartNumber"])] = str(item["ETag"]).strip('"')
+                    parts[int(item["PartNumber"])] = _listed_part(item)
         except NotImplementedByServerError as error:
             log.warning(
                 "list_parts_unsupported",
@@ -458,6 +559,21 @@ class S3Store:
             if not page.get("IsTruncated"):
                 return
             arguments.update(next_markers(page))
+
+
+def _listed_part(item: Mapping[str, Any]) -> ListedPart:
+    """One entry of a ListParts page as a ListedPart."""
+    size = item.get("Size")
+    checksums = {
+        algorithm: str(item[f"Checksum{name}"])
+        for algorithm, name in S3_ALGORITHM_NAMES.items()
+        if item.get(f"Checksum{name}")
+    }
+    return ListedPart(
+        etag=str(item["ETag"]).strip('"'),
+        size=int(size) if size is not None else None,
+        checksums=checksums,
+    )
 
 
 def store_from_settings(

@@ -20,16 +20,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 
 from agent.checksums import RunningChecksum
 from agent.config import Settings, settings_from_mapping
+from agent.engine.multipart import MultipartUpload
 from agent.errors import PermanentTransferError
 from agent.planning import object_key, plan_parts
 from agent.state import DONE, PENDING, FileRecord, PartRecord, SessionRecord
 from agent.transfer import AGENT_METADATA_MARK, S3Store, store_from_settings
 from agent.upload import SessionUploader
 from tests.fakes import MemoryLedger
-from tests.s3server import S3TestServer
+from tests.s3server import Fault, KillAfter, S3TestServer
 
 MIB = 1024**2
 AGENT_NAME = "engine-test"
@@ -158,17 +160,12 @@ def whole_checksum(data: bytes, algorithm: str = "crc32c") -> str:
 # --- the existing-object policy ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("same_size", [False, True], ids=["other-size", "same-size"])
-def test_another_writers_object_at_the_key_is_refused_not_overwritten(
-    bench: Bench, s3: S3TestServer, same_size: bool
-) -> None:
-    data = os.urandom(64 * 1024)
-    record = bench.add_file("meta.bin", data)
-    theirs = os.urandom(len(data) if same_size else 1000)
-    bench.client.put_object(Bucket=bench.bucket, Key=record.key, Body=theirs)
+# A file sent in one PUT, and one sent in three parts (5 MiB, 5 MiB and a short third).
+SIZES = {"single-put": 64 * 1024, "multipart": 12 * MIB + 4321}
 
-    outcome = bench.uploader().upload_session(bench.session())
 
+def assert_refused(bench: Bench, outcome: Any, record: FileRecord, theirs: bytes) -> None:
+    """The other writer's object is untouched, the session failed on it, the file is pending."""
     assert bench.object_bytes(record.key) == theirs
     assert len(outcome.errors) == 1, outcome
     error = outcome.errors[0]
@@ -176,12 +173,58 @@ def test_another_writers_object_at_the_key_is_refused_not_overwritten(
     assert error.key == record.key
     assert "refusing to overwrite" in str(error)
     assert not outcome.complete
-    assert bench.ledger.files[(SESSION_ID, "meta.bin")].state == PENDING
+    assert bench.ledger.files[(SESSION_ID, record.rel_path)].state == PENDING
     assert bench.ledger.manifests == {}
 
 
-def test_an_older_version_this_agent_wrote_is_replaced(bench: Bench, s3: S3TestServer) -> None:
-    data = os.urandom(64 * 1024)
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+@pytest.mark.parametrize("same_size", [False, True], ids=["other-size", "same-size"])
+def test_another_writers_object_at_the_key_is_refused_not_overwritten(
+    bench: Bench, s3: S3TestServer, same_size: bool, size: int
+) -> None:
+    data = os.urandom(size)
+    record = bench.add_file("meta.bin", data)
+    theirs = os.urandom(len(data) if same_size else 1000)
+    bench.client.put_object(Bucket=bench.bucket, Key=record.key, Body=theirs)
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert_refused(bench, outcome, record, theirs)
+
+
+def test_another_writers_object_arriving_mid_upload_is_refused_at_complete(
+    bench: Bench, s3: S3TestServer
+) -> None:
+    """The look before sending found the key free; another writer's object arrives while
+    the parts are on the wire. Only a conditional Complete (If-None-Match: *) keeps it."""
+    data = os.urandom(SIZES["multipart"])
+    record = bench.add_file("continuous.ap.bin", data)
+    theirs = os.urandom(1000)
+
+    def another_writer() -> None:
+        bench.client.put_object(Bucket=bench.bucket, Key=record.key, Body=theirs)
+
+    s3.kills.append(KillAfter("UploadPart", 1, action=another_writer))
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert_refused(bench, outcome, record, theirs)
+    # The upload is kept: a retry once the object is moved away sends no part again.
+    upload = bench.ledger.upload_for(SESSION_ID, record.rel_path)
+    assert upload is not None and len(upload.parts) == 3
+    bench.client.delete_object(Bucket=bench.bucket, Key=record.key)
+    s3.reset()
+    retried = bench.uploader().upload_session(bench.session())
+    assert retried.complete, retried
+    assert s3.count("UploadPart") == 0
+    assert bench.object_bytes(record.key) == data
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+def test_an_older_version_this_agent_wrote_is_replaced(
+    bench: Bench, s3: S3TestServer, size: int
+) -> None:
+    data = os.urandom(size)
     record = bench.add_file("meta.bin", data)
     ours_before = os.urandom(1000)
     bench.client.put_object(
@@ -221,6 +264,123 @@ def test_same_bytes_already_at_the_key_are_recorded_without_sending(
         f"/{bench.bucket}/{PREFIX}/ingest-manifest.json"
     ]
     assert bench.ledger.files[(SESSION_ID, "meta.bin")].checksum == checksum
+
+
+# --- re-uploads of a changed file: If-Match on the object the agent recorded -----------------
+
+
+def changed_on_disk(bench: Bench, rel_path: str, data: bytes) -> FileRecord:
+    """Rewrite an uploaded file with `data` and record it as a scan would: pending again,
+    still knowing the (size, mtime) and ETag it was uploaded with."""
+    before = bench.ledger.files[(SESSION_ID, rel_path)]
+    assert before.state == DONE and before.etag
+    (bench.folder / rel_path).write_bytes(data)
+    info = (bench.folder / rel_path).stat()
+    record = dataclasses.replace(
+        before, size=info.st_size, mtime_ns=info.st_mtime_ns, inode=info.st_ino, state=PENDING
+    )
+    bench.ledger.add(record)
+    return record
+
+
+def conditions_sent(store: S3Store) -> list[tuple[str, dict[str, str]]]:
+    """Every PutObject and CompleteMultipartUpload the store sends from now on, with its
+    If-Match / If-None-Match parameters, in order."""
+    sent: list[tuple[str, dict[str, str]]] = []
+
+    def note(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name in ("PutObject", "CompleteMultipartUpload"):
+            names = ("IfMatch", "IfNoneMatch")
+            found = {name: str(params[name]) for name in names if name in params}
+            sent.append((str(model.name), found))
+
+    store.client.meta.events.register("provide-client-params.s3", note)
+    return sent
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+def test_a_changed_file_replaces_only_the_object_it_recorded(
+    bench: Bench, s3: S3TestServer, size: int
+) -> None:
+    record = bench.add_file("data.bin", os.urandom(size))
+    assert bench.uploader().upload_session(bench.session()).complete
+    earlier_etag = bench.ledger.files[(SESSION_ID, "data.bin")].etag
+    new = os.urandom(size)
+    changed_on_disk(bench, "data.bin", new)
+    sent = conditions_sent(bench.store)
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.complete, outcome
+    assert bench.object_bytes(record.key) == new
+    operation = "PutObject" if size == SIZES["single-put"] else "CompleteMultipartUpload"
+    assert (operation, {"IfMatch": f'"{earlier_etag}"'}) in sent, sent
+
+
+@pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
+def test_a_changed_file_does_not_replace_another_writers_object(
+    bench: Bench, s3: S3TestServer, size: int
+) -> None:
+    """Our earlier object was replaced by another writer's since; the changed file's upload
+    must not overwrite it. moto honours If-Match on PutObject but ignores it on
+    CompleteMultipartUpload (AWS and MinIO honour both): for the multipart case the server's
+    412 is injected, and the test checks that the Complete carried the recorded ETag."""
+    record = bench.add_file("data.bin", os.urandom(size))
+    assert bench.uploader().upload_session(bench.session()).complete
+    earlier_etag = bench.ledger.files[(SESSION_ID, "data.bin")].etag
+    theirs = os.urandom(size)
+    bench.client.put_object(Bucket=bench.bucket, Key=record.key, Body=theirs)
+    changed_on_disk(bench, "data.bin", os.urandom(size))
+    bench.ledger.manifests.clear()
+    sent = conditions_sent(bench.store)
+    multipart = size == SIZES["multipart"]
+    if multipart:
+        s3.faults.append(Fault("CompleteMultipartUpload", 412, "PreconditionFailed", 1))
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert_refused(bench, outcome, record, theirs)
+    operation = "CompleteMultipartUpload" if multipart else "PutObject"
+    assert sent[0] == (operation, {"IfMatch": f'"{earlier_etag}"'}), sent
+
+
+def test_a_changed_file_whose_object_was_deleted_is_written_as_new(
+    bench: Bench, s3: S3TestServer
+) -> None:
+    """If-Match on a key with no object is answered 404 NoSuchKey (AWS, moto): nothing is
+    there to protect, so the file is written, conditionally, as a first write."""
+    record = bench.add_file("data.bin", os.urandom(SIZES["single-put"]))
+    assert bench.uploader().upload_session(bench.session()).complete
+    earlier_etag = bench.ledger.files[(SESSION_ID, "data.bin")].etag
+    bench.client.delete_object(Bucket=bench.bucket, Key=record.key)
+    new = os.urandom(SIZES["single-put"])
+    changed_on_disk(bench, "data.bin", new)
+    sent = conditions_sent(bench.store)
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.complete, outcome
+    assert bench.object_bytes(record.key) == new
+    puts = [found for operation, found in sent if operation == "PutObject"]
+    assert puts[:2] == [{"IfMatch": f'"{earlier_etag}"'}, {"IfNoneMatch": "*"}], sent
+
+
+def test_a_server_without_conditional_complete_is_said_once_and_written_without(
+    bench: Bench, s3: S3TestServer
+) -> None:
+    data = os.urandom(SIZES["multipart"])
+    record = bench.add_file("continuous.ap.bin", data)
+    s3.faults.append(Fault("CompleteMultipartUpload", 501, "NotImplemented", 1))
+
+    with structlog.testing.capture_logs() as logs:
+        outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.complete, outcome
+    assert bench.object_bytes(record.key) == data
+    assert bench.store.conditional_writes is False
+    said = [entry for entry in logs if entry["event"] == "conditional_writes_unsupported"]
+    assert len(said) == 1 and said[0]["header"] == "If-None-Match", logs
+    assert s3.count("CompleteMultipartUpload") == 2
 
 
 # --- resume: the ListParts cross-check --------------------------------------------------------
@@ -328,6 +488,80 @@ def test_resume_sends_again_recorded_parts_the_server_does_not_hold(
     assert bench.object_bytes(record.key) == data
     done = bench.ledger.files[(SESSION_ID, "continuous.ap.bin")]
     assert done.checksum == whole_checksum(data)
+
+
+# --- resume: adopting parts the server acknowledged but the ledger never recorded ------------
+
+
+def send_unrecorded(
+    bench: Bench, record: FileRecord, upload_id: str, number: int, body: bytes
+) -> None:
+    """Part `number` reached the server (with `body`) but its answer never reached the
+    ledger: the agent was killed in between."""
+    bench.client.upload_part(
+        Bucket=bench.bucket, Key=record.key, UploadId=upload_id, PartNumber=number, Body=body
+    )
+
+
+def part_bytes(data: bytes, number: int) -> bytes:
+    part = plan_parts(len(data), 5 * MIB)[number - 1]
+    return data[part.offset : part.offset + part.length]
+
+
+@pytest.mark.parametrize(
+    ("recorded", "unrecorded", "sent"),
+    [([1], [2, 3], [4]), ([1], [3], [2, 4]), ([], [1, 2, 3, 4], [])],
+    ids=["extending-the-run", "after-a-gap", "none-recorded"],
+)
+def test_resume_adopts_listed_parts_holding_the_local_bytes(
+    bench: Bench, s3: S3TestServer, recorded: list[int], unrecorded: list[int], sent: list[int]
+) -> None:
+    data = os.urandom(17 * MIB + 4321)  # parts of 5, 5, 5 and 2 MiB
+    record = bench.add_file("continuous.ap.bin", data)
+    upload_id = start_recorded_upload(bench, record, data, recorded)
+    for number in unrecorded:
+        send_unrecorded(bench, record, upload_id, number, part_bytes(data, number))
+    s3.reset()
+
+    upload = MultipartUpload.open(bench.uploader().context, record, bench.folder / record.rel_path)
+
+    # Each adopted part is recorded as if the agent had heard the server's answer: its ETag,
+    # its checksum and the running checksum of the file up to its end.
+    by_number = {part.number: part for part in upload.upload.parts}
+    assert sorted(by_number) == sorted(recorded + unrecorded)
+    for number in unrecorded:
+        end = plan_parts(len(data), 5 * MIB)[number - 1]
+        assert by_number[number].etag == hashlib.md5(part_bytes(data, number)).hexdigest()
+        assert by_number[number].checksum == whole_checksum(part_bytes(data, number))
+        assert by_number[number].running_checksum == running_value(data[: end.offset + end.length])
+    assert s3.count("UploadPart") == 0
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.complete, outcome
+    assert sorted(r.part_number or 0 for r in s3.completed("UploadPart")) == sent
+    assert s3.count("CreateMultipartUpload") == 0
+    assert bench.object_bytes(record.key) == data
+    assert bench.ledger.files[(SESSION_ID, record.rel_path)].checksum == whole_checksum(data)
+
+
+@pytest.mark.parametrize("how", ["other-bytes", "other-size"])
+def test_resume_sends_again_a_listed_part_that_is_not_the_local_bytes(
+    bench: Bench, s3: S3TestServer, how: str
+) -> None:
+    data = os.urandom(12 * MIB + 4321)
+    record = bench.add_file("continuous.ap.bin", data)
+    upload_id = start_recorded_upload(bench, record, data, [1])
+    body = os.urandom(5 * MIB) if how == "other-bytes" else part_bytes(data, 2) + b"x"
+    send_unrecorded(bench, record, upload_id, 2, body)
+    s3.reset()
+
+    outcome = bench.uploader().upload_session(bench.session())
+
+    assert outcome.complete, outcome
+    assert sorted(r.part_number or 0 for r in s3.completed("UploadPart")) == [2, 3]
+    assert bench.object_bytes(record.key) == data
+    assert bench.ledger.files[(SESSION_ID, record.rel_path)].checksum == whole_checksum(data)
 
 
 # --- the growing pass -------------------------------------------------------------------------

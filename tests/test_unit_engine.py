@@ -9,6 +9,8 @@ on its own.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import itertools
 import sqlite3
 import threading
 import time
@@ -20,9 +22,13 @@ from hypothesis import strategies as st
 
 from agent.checksums import RunningChecksum
 from agent.engine.multipart import (
+    LocalPart,
     Reconciliation,
+    adoption_candidates,
+    adoption_reads,
     discard_reason,
     growing_mismatch,
+    listed_matches,
     reconcile,
     resume_point,
     stable_parts,
@@ -38,6 +44,7 @@ from agent.engine.pipeline import (
     interleave,
     note_error,
 )
+from agent.engine.single_put import ABSENT, OURS, SAME, THEIRS, existing_verdict
 from agent.errors import (
     FileChangedError,
     PermanentTransferError,
@@ -47,6 +54,7 @@ from agent.errors import (
 from agent.planning import MAX_PARTS, plan_parts
 from agent.state import PENDING, FileRecord, PartRecord, UploadRecord
 from agent.throttle import Interrupted
+from agent.transfer import AGENT_METADATA_MARK, ListedPart, ObjectInfo
 
 MIB = 1024**2
 
@@ -240,6 +248,145 @@ def test_resume_from_the_first_byte_when_it_cannot_resume(case: str) -> None:
     start, running = resume_point(parts, done, algorithm, from_start=case == "from start")
     assert start == 0
     assert running.position == 0
+
+
+# --- adopting parts the server acknowledged but the ledger never recorded ---------------------
+
+
+def saved_part(number: int, saved: str | None = "1") -> PartRecord:
+    return PartRecord(number, f"etag-{number}", None, 1000, saved)
+
+
+def test_candidates_are_the_listed_parts_not_recorded() -> None:
+    parts = plan_parts(4500, 1000)  # five parts, the last one 500 bytes
+    recorded = {1: saved_part(1), 2: saved_part(2)}
+    listed = {n: ListedPart(f"e{n}", 1000) for n in (1, 2, 3, 4)} | {5: ListedPart("e5", 500)}
+    assert adoption_candidates(parts, recorded, listed) == (3, 4, 5)
+
+
+def test_a_listed_size_other_than_the_planned_one_rules_a_part_out() -> None:
+    parts = plan_parts(4500, 1000)
+    listed = {
+        3: ListedPart("e3", 999),
+        4: ListedPart("e4", None),  # a server that gives no size: the bytes decide
+        5: ListedPart("e5", 1000),  # the last part is 500 bytes long
+        9: ListedPart("e9", 1000),  # beyond the file's parts
+    }
+    assert adoption_candidates(parts, {}, listed) == (4,)
+
+
+def test_candidates_extending_the_leading_run_are_read_alone() -> None:
+    parts = plan_parts(6000, 1000)
+    recorded = {1: saved_part(1), 2: saved_part(2)}
+    reads = adoption_reads(parts, recorded, [3, 4], resumable=True)
+    assert [part.number for part in reads] == [3, 4]
+
+
+def test_a_gap_before_a_candidate_is_read_to_feed_the_running_checksum() -> None:
+    parts = plan_parts(8000, 1000)
+    # 1-2 and 5 recorded; 3 never arrived; 4 and 7 acknowledged but not recorded.
+    recorded = {1: saved_part(1), 2: saved_part(2), 5: saved_part(5)}
+    reads = adoption_reads(parts, recorded, [4, 7], resumable=True)
+    # 3 is read (not adopted) so 4 knows the bytes before it; 5's record resumes 6, read for 7.
+    assert [part.number for part in reads] == [3, 4, 6, 7]
+
+
+def test_a_record_without_a_running_checksum_is_read_through() -> None:
+    parts = plan_parts(4000, 1000)
+    recorded = {1: saved_part(1), 2: saved_part(2, saved=None)}
+    assert [p.number for p in adoption_reads(parts, recorded, [3], resumable=True)] == [2, 3]
+
+
+def test_without_a_resumable_checksum_only_the_candidates_are_read() -> None:
+    parts = plan_parts(8000, 1000)
+    reads = adoption_reads(parts, {1: saved_part(1, None)}, [4, 7], resumable=False)
+    assert [part.number for part in reads] == [4, 7]
+
+
+def test_nothing_is_read_without_candidates() -> None:
+    assert adoption_reads(plan_parts(3000, 1000), {}, [], resumable=True) == []
+
+
+@given(
+    states=st.lists(
+        st.sampled_from(["saved", "unsaved", "candidate", "gap"]), min_size=1, max_size=30
+    ),
+)
+def test_every_read_part_starts_where_a_known_running_checksum_ends(states: list[str]) -> None:
+    """Whatever is recorded, the parts read let the running checksum be carried to the end of
+    every candidate: each read part follows the part read just before it, a record that
+    saved the running checksum, or the file's start; and no saved record is read."""
+    parts = plan_parts(1000 * len(states), 1000)
+    recorded = {
+        part.number: saved_part(part.number, None if state == "unsaved" else "1")
+        for part, state in zip(parts, states, strict=True)
+        if state in ("saved", "unsaved")
+    }
+    candidates = [p.number for p, state in zip(parts, states, strict=True) if state == "candidate"]
+    reads = adoption_reads(parts, recorded, candidates, resumable=True)
+    numbers = [part.number for part in reads]
+    assert set(candidates) <= set(numbers)
+    for before, number in itertools.pairwise([0, *numbers]):
+        previous = recorded.get(number - 1)
+        resumes = previous is not None and previous.running_checksum is not None
+        assert number - 1 in (0, before) or resumes, numbers
+    assert not [n for n in numbers if n in recorded and recorded[n].running_checksum is not None]
+
+
+def local_part(data: bytes, algorithm: str = "crc32c") -> LocalPart:
+    running = RunningChecksum(algorithm)
+    running.update(data)
+    return LocalPart(len(data), hashlib.md5(data).hexdigest(), algorithm, running.value())
+
+
+PART_BYTES = bytes(range(256)) * 4
+
+
+def test_a_listed_part_with_the_md5_and_size_of_the_local_bytes_matches() -> None:
+    local = local_part(PART_BYTES)
+    assert listed_matches(ListedPart(local.md5, len(PART_BYTES)), local)
+    assert listed_matches(ListedPart(local.md5.upper(), None), local)
+
+
+@pytest.mark.parametrize(
+    "listed",
+    [
+        ListedPart("0" * 32, len(PART_BYTES)),  # other bytes
+        ListedPart(hashlib.md5(PART_BYTES).hexdigest(), len(PART_BYTES) + 1),  # other size
+        # The MD5 agrees, the server's own CRC32C does not: any contrary evidence wins.
+        ListedPart(hashlib.md5(PART_BYTES).hexdigest(), None, {"crc32c": "AAAAAA=="}),
+        # An ETag that is no MD5 (KMS): a matching CRC alone (32 bits) proves nothing.
+        ListedPart("f" * 32, None, {"crc32c": local_part(PART_BYTES).checksum}),
+    ],
+    ids=["other-bytes", "other-size", "other-crc", "crc-only"],
+)
+def test_a_listed_part_that_differs_or_is_not_proven_is_sent_again(listed: ListedPart) -> None:
+    assert not listed_matches(listed, local_part(PART_BYTES))
+
+
+def test_a_sha256_the_server_holds_proves_a_part_whose_etag_is_no_md5() -> None:
+    local = local_part(PART_BYTES, "sha256")
+    assert listed_matches(ListedPart("f" * 32, None, {"sha256": local.checksum}), local)
+    assert not listed_matches(ListedPart("f" * 32, None, {"sha256": "x"}), local)
+
+
+# --- the existing-object policy (single PUT and multipart Complete) ---------------------------
+
+
+@pytest.mark.parametrize(
+    ("info", "same", "verdict"),
+    [
+        (None, False, ABSENT),
+        (ObjectInfo(5, "e", {AGENT_METADATA_MARK: "other-agent"}), True, SAME),
+        (ObjectInfo(5, "e", {AGENT_METADATA_MARK: "me"}), False, OURS),
+        (ObjectInfo(5, "e", {AGENT_METADATA_MARK: "other-agent"}), False, THEIRS),
+        (ObjectInfo(5, "e", {}), False, THEIRS),
+    ],
+)
+def test_what_is_done_with_an_object_at_the_key(
+    info: ObjectInfo | None, same: bool, verdict: str
+) -> None:
+    assert existing_verdict(info, "me", same=same) == verdict
 
 
 # --- the pipeline and its one error mapping ---------------------------------------------------

@@ -3,9 +3,11 @@
 Owns: what the agent does when it finds an object at a file's key (ARCHITECTURE.md, "Durable
 state"). Before sending, an object of the same size is accepted as this file when its bytes
 provably match (the agent's checksum metadata, or the multipart ETag of the local part MD5s).
-A first-time PUT is conditional (If-None-Match) where the server supports it; on a 412, ours
-with the same bytes is done, ours from an earlier version is replaced, and another writer's
-is refused, never overwritten. Does not read files into memory for sending (that is
+A first-time PUT is conditional (If-None-Match: *) where the server supports it, and so is
+the re-upload of a changed file (If-Match: the ETag recorded for the object it replaces); on
+a failed condition, ours with the same bytes is done, ours from an earlier version is
+replaced, and another writer's is refused, never overwritten (`existing_verdict`, which the
+multipart Complete applies too). Does not read files into memory for sending (that is
 `agent.engine.reading`) nor send multipart uploads.
 """
 
@@ -29,6 +31,36 @@ from agent.state import FileRecord, SessionRecord
 from agent.transfer import AGENT_METADATA_MARK, ObjectInfo
 
 log = structlog.get_logger("agent.upload")
+
+# What is at a key where a conditional write failed (`existing_verdict`).
+ABSENT = "absent"  # nothing (any more): write it as a first write
+SAME = "same"  # ours, with this file's bytes: nothing to send
+OURS = "ours"  # ours, from an earlier version: replace it
+THEIRS = "theirs"  # another writer's: refuse
+
+
+def existing_verdict(info: ObjectInfo | None, agent_name: str, *, same: bool) -> str:
+    """Given what HEAD says of the object at a key (None: no object), this agent's name,
+    and whether the object provably holds the file's bytes (the caller's test: checksum
+    metadata for a PUT, the multipart ETag of the recorded parts for a Complete), return
+    what the existing-object policy does with it: ABSENT, SAME, OURS or THEIRS."""
+    if info is None:
+        return ABSENT
+    if same:
+        return SAME
+    if info.metadata.get(AGENT_METADATA_MARK) == agent_name:
+        return OURS
+    return THEIRS
+
+
+def refusal(operation: str, key: str) -> PermanentTransferError:
+    """The error of a write refused because another writer's object is at its key."""
+    return PermanentTransferError(
+        operation,
+        key,
+        "an object not written by this agent is already at this key; refusing to overwrite "
+        "it (move it away or change the destination prefix)",
+    )
 
 
 class SinglePut:
@@ -64,13 +96,15 @@ class SinglePut:
         object is at the key."""
         context = self.context
         metadata = context.metadata(record, **{"agent-checksum": checksum})
+        first = record.uploaded_size is None
         try:
             etag = context.store.put(
                 record.key,
                 data,
                 metadata=metadata,
                 checksum=context.header(checksum),
-                only_if_absent=record.uploaded_size is None,
+                only_if_absent=first,
+                if_match=None if first else (record.etag or None),
             )
         except PreconditionFailedError:
             etag = self._settle_existing(record, data, checksum, metadata)
@@ -94,22 +128,29 @@ class SinglePut:
     def _settle_existing(
         self, record: FileRecord, data: bytes, checksum: str, metadata: dict[str, str]
     ) -> str:
-        """A conditional PUT found an object at the key. Ours with the same bytes: done.
-        Ours from an earlier version: replace it. Someone else's: refuse to overwrite."""
+        """A conditional PUT found at the key another object than the one it allows (none
+        for a first upload; the one recorded for a re-upload). Ours with the same bytes:
+        done. Ours from an earlier version: replace it, and only it (If-Match). None left:
+        write it as a first write. Someone else's: refuse to overwrite."""
         store, header = self.context.store, self.context.header(checksum)
         info = store.head(record.key)
-        if info is None:
-            return store.put(record.key, data, metadata=metadata, checksum=header)
-        if info.size == record.size and info.metadata.get("agent-checksum") == checksum:
-            return info.etag
-        if info.metadata.get(AGENT_METADATA_MARK) == self.context.agent_name:
-            return store.put(record.key, data, metadata=metadata, checksum=header)
-        raise PermanentTransferError(
-            "PutObject",
-            record.key,
-            "an object not written by this agent is already at this key; refusing to overwrite "
-            "it (move it away or change the destination prefix)",
+        same = (
+            info is not None
+            and info.size == record.size
+            and info.metadata.get("agent-checksum") == checksum
         )
+        verdict = existing_verdict(info, self.context.agent_name, same=same)
+        if info is not None and verdict == SAME:
+            return info.etag
+        if info is None or verdict == ABSENT:
+            return store.put(
+                record.key, data, metadata=metadata, checksum=header, only_if_absent=True
+            )
+        if verdict == OURS:
+            return store.put(
+                record.key, data, metadata=metadata, checksum=header, if_match=info.etag
+            )
+        raise refusal("PutObject", record.key)
 
 
 @dataclass
