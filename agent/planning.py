@@ -6,10 +6,11 @@ Pure functions over plain data; no I/O.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,27 +79,38 @@ def multipart_etag(part_etags: Iterable[str]) -> str:
     return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
 
 
-def build_manifest(
+def manifest_entry(
+    *,
+    rel_path: str,
+    key: str,
+    size: int,
+    mtime_ns: int,
+    checksum_algorithm: str | None,
+    checksum: str | None,
+    etag: str | None,
+) -> dict[str, Any]:
+    """One uploaded file as the manifest lists it."""
+    return {
+        "path": rel_path,
+        "key": key,
+        "size": size,
+        "mtime_ns": mtime_ns,
+        "checksum": {"algorithm": checksum_algorithm, "value": checksum},
+        "etag": etag,
+    }
+
+
+def manifest_head(
     *,
     session: Mapping[str, Any],
-    files: Iterable[Mapping[str, Any]],
     agent_name: str,
     agent_version: str,
     revision: int,
     written_at: str,
+    files: int,
+    size: int,
 ) -> dict[str, Any]:
-    """Given a session row and its uploaded file rows, return the manifest document."""
-    entries = [
-        {
-            "path": row["rel_path"],
-            "key": row["key"],
-            "size": row["size"],
-            "mtime_ns": row["mtime_ns"],
-            "checksum": {"algorithm": row["checksum_algorithm"], "value": row["checksum"]},
-            "etag": row["etag"],
-        }
-        for row in sorted(files, key=lambda row: str(row["rel_path"]))
-    ]
+    """The manifest document without its `files` list (see `encode_manifest`)."""
     return {
         "format": MANIFEST_FORMAT,
         "agent": {"name": agent_name, "version": agent_version},
@@ -111,12 +123,61 @@ def build_manifest(
             "key_prefix": session["key_prefix"],
             "metadata": session.get("metadata") or {},
         },
-        "totals": {
-            "files": len(entries),
-            "bytes": sum(int(entry["size"]) for entry in entries),
-        },
-        "files": entries,
+        "totals": {"files": files, "bytes": size},
     }
+
+
+def encode_manifest(head: Mapping[str, Any], entries: Sequence[bytes]) -> bytes:
+    """The manifest's bytes: `head` as indented JSON with `files` added last, the list of
+    already encoded entries (in path order). Encoding entry by entry keeps a session of
+    100,000 files from being held as a document of dicts as well as its text."""
+    text = json.dumps(dict(head), indent=1, sort_keys=True)
+    if not text.endswith("\n}"):
+        raise ValueError("a manifest head must be a non-empty JSON object")
+    if not entries:
+        return text[:-2].encode() + b',\n "files": []\n}'
+    return text[:-2].encode() + b',\n "files": [\n  ' + b",\n  ".join(entries) + b"\n ]\n}"
+
+
+def encode_entry(entry: Mapping[str, Any]) -> bytes:
+    """One manifest entry as compact JSON."""
+    return json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+
+
+def build_manifest(
+    *,
+    session: Mapping[str, Any],
+    files: Iterable[Mapping[str, Any]],
+    agent_name: str,
+    agent_version: str,
+    revision: int,
+    written_at: str,
+) -> dict[str, Any]:
+    """Given a session row and its uploaded file rows, return the manifest document (the
+    same document `encode_manifest` writes, as one dict)."""
+    entries = [
+        manifest_entry(
+            rel_path=row["rel_path"],
+            key=row["key"],
+            size=row["size"],
+            mtime_ns=row["mtime_ns"],
+            checksum_algorithm=row["checksum_algorithm"],
+            checksum=row["checksum"],
+            etag=row["etag"],
+        )
+        for row in sorted(files, key=lambda row: str(row["rel_path"]))
+    ]
+    document = manifest_head(
+        session=session,
+        agent_name=agent_name,
+        agent_version=agent_version,
+        revision=revision,
+        written_at=written_at,
+        files=len(entries),
+        size=sum(int(entry["size"]) for entry in entries),
+    )
+    document["files"] = entries
+    return document
 
 
 MAX_KEY_BYTES = 1024

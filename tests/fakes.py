@@ -8,8 +8,12 @@ says something about the real one.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
+from typing import TypeVar
 
 from agent.state import DONE, PENDING, FileRecord, PartRecord, UploadRecord
+
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -35,6 +39,11 @@ class MemoryLedger:
 
     def pending_files(self, session_id: str) -> list[FileRecord]:
         return [record for record in self.files_of(session_id) if record.state == PENDING]
+
+    def files_in_state(
+        self, session_id: str, state: str, convert: Callable[[FileRecord], T]
+    ) -> list[T]:
+        return [convert(record) for record in self.files_of(session_id) if record.state == state]
 
     def file_uploaded(
         self,

@@ -3,6 +3,7 @@ session store: the life cycle as a table, totals kept per file, first-sight time
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_pending_files_are_listed_by_path_and_leave_once_uploaded(ledger: Ledger
 
 def test_an_older_version_sent_leaves_the_newer_one_pending(ledger: Ledger) -> None:
     current = ledger.pending_files(SESSION)[0]
-    older = FileRecord(**{**current.__dict__, "mtime_ns": current.mtime_ns - 1})
+    older = dataclasses.replace(current, mtime_ns=current.mtime_ns - 1)
     ledger.file_uploaded(older, checksum="c", checksum_algorithm="crc32c", etag="e", now=NOW)
     after = ledger.files_of(SESSION)[0]
     assert after.state == PENDING

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 from typing import Any
 
@@ -25,8 +26,12 @@ from agent.planning import (
     Layout,
     Part,
     build_manifest,
+    encode_entry,
+    encode_manifest,
     join_key,
     key_length_reason,
+    manifest_entry,
+    manifest_head,
     manifest_key,
     multipart_etag,
     object_key,
@@ -521,3 +526,33 @@ def test_manifest_files_sorted_and_totalled(rows: list[tuple[str, int]]) -> None
     paths = [entry["path"] for entry in document["files"]]
     assert paths == sorted(name for name, _size in rows)
     assert document["totals"] == {"files": len(rows), "bytes": sum(size for _n, size in rows)}
+
+
+@pytest.mark.parametrize("count", [0, 1, 3])
+def test_the_manifest_encoded_entry_by_entry_is_the_built_document(count: int) -> None:
+    """The daemon writes the manifest entry by entry (a session of 100,000 files must not be
+    held as dicts and text at once); it must parse to the document build_manifest gives."""
+    session = {"id": "ephys:m1/s1", "source": "ephys", "rel_path": "m1/s1", "key_prefix": "p"}
+    rows = [file_row(f"f{n}.bin", n + 1) for n in range(count)]
+    fields = ("rel_path", "key", "size", "mtime_ns", "checksum_algorithm", "checksum", "etag")
+    entries = [encode_entry(manifest_entry(**{name: row[name] for name in fields})) for row in rows]
+    head = manifest_head(
+        session=session,
+        agent_name="rig-7",
+        agent_version="1.2.3",
+        revision=1,
+        written_at="2026-11-23T10:00:00Z",
+        files=count,
+        size=sum(int(row["size"]) for row in rows),
+    )
+    head["refused"] = [{"path": "bad\\name", "reason": "backslash"}]
+    expected = build_manifest(
+        session=session,
+        files=rows,
+        agent_name="rig-7",
+        agent_version="1.2.3",
+        revision=1,
+        written_at="2026-11-23T10:00:00Z",
+    )
+    expected["refused"] = head["refused"]
+    assert json.loads(encode_manifest(head, entries)) == expected

@@ -1,13 +1,12 @@
 """The session's manifest: every uploaded file with its checksum, written last.
 
 Owns: gathering the manifest's content from the ledger, writing it (one PUT of a new revision)
-and recording it. The document's shape is `agent.planning.build_manifest`'s; this module adds
-no field of its own but the refused files.
+and recording it. The document's shape is `agent.planning`'s (`manifest_head`,
+`manifest_entry`); this module adds no field of its own but the refused files.
 """
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,8 +14,14 @@ import structlog
 
 from agent import __version__
 from agent.engine.context import EngineContext
-from agent.planning import build_manifest, manifest_key
-from agent.state import DONE, REFUSED, SessionRecord
+from agent.planning import (
+    encode_entry,
+    encode_manifest,
+    manifest_entry,
+    manifest_head,
+    manifest_key,
+)
+from agent.state import DONE, REFUSED, FileRecord, SessionRecord
 from agent.transfer import AGENT_METADATA_MARK
 
 log = structlog.get_logger("agent.upload")
@@ -28,26 +33,35 @@ def iso_time(now: float) -> str:
 
 
 def write_manifest(context: EngineContext, session: SessionRecord) -> str:
-    """Write the next revision of `session`'s manifest and record it; return its key."""
+    """Write the next revision of `session`'s manifest and record it; return its key.
+
+    Each uploaded file's entry is encoded as its row is read, so a session of 100,000 files
+    costs about its manifest's size in memory, not a document of dicts besides."""
     key = manifest_key(session.key_prefix)
     now = context.clock()
-    records = context.ledger.files_of(session.id)
-    files = [
-        {
-            "rel_path": f.rel_path,
-            "key": f.key,
-            "size": f.size,
-            "mtime_ns": f.mtime_ns,
-            "checksum_algorithm": f.checksum_algorithm,
-            "checksum": f.checksum,
-            "etag": f.etag,
-        }
-        for f in records
-        if f.state == DONE
-    ]
-    refused = [{"path": f.rel_path, "reason": f.error} for f in records if f.state == REFUSED]
+    total = 0
+
+    def entry(record: FileRecord) -> bytes:
+        nonlocal total
+        total += record.size
+        return encode_entry(
+            manifest_entry(
+                rel_path=record.rel_path,
+                key=record.key,
+                size=record.size,
+                mtime_ns=record.mtime_ns,
+                checksum_algorithm=record.checksum_algorithm,
+                checksum=record.checksum,
+                etag=record.etag,
+            )
+        )
+
+    entries = context.ledger.files_in_state(session.id, DONE, entry)
+    refused = context.ledger.files_in_state(
+        session.id, REFUSED, lambda f: {"path": f.rel_path, "reason": f.error}
+    )
     revision = session.manifest_revision + 1
-    document: dict[str, Any] = build_manifest(
+    head: dict[str, Any] = manifest_head(
         session={
             "id": session.id,
             "source": session.source,
@@ -55,15 +69,17 @@ def write_manifest(context: EngineContext, session: SessionRecord) -> str:
             "key_prefix": session.key_prefix,
             "metadata": session.metadata,
         },
-        files=files,
         agent_name=context.agent_name,
         agent_version=__version__,
         revision=revision,
         written_at=iso_time(now),
+        files=len(entries),
+        size=total,
     )
     if refused:
-        document["refused"] = refused
-    body = json.dumps(document, indent=1, sort_keys=True).encode()
+        head["refused"] = refused
+    body = encode_manifest(head, entries)
+    del entries
     context.store.put(
         key,
         body,
@@ -74,5 +90,11 @@ def write_manifest(context: EngineContext, session: SessionRecord) -> str:
         content_type="application/json",
     )
     context.ledger.manifest_written(session.id, key=key, revision=revision, now=now)
-    log.info("manifest_written", session=session.id, key=key, revision=revision, files=len(files))
+    log.info(
+        "manifest_written",
+        session=session.id,
+        key=key,
+        revision=revision,
+        files=head["totals"]["files"],
+    )
     return key

@@ -11,15 +11,17 @@ import errno
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlite_utils
 
 from agent.errors import StateDamagedError, StateDiskError, StateError
 from agent.state.schema import MIGRATIONS
+
+T = TypeVar("T")
 
 BUSY_TIMEOUT_MS = 10_000
 # Below this much free space, a write error of the database is reported as a full disk.
@@ -185,6 +187,15 @@ class Database:
         with self.lock:
             try:
                 return list(self.db.query(sql, params or []))
+            except sqlite3.DatabaseError as error:
+                raise problem(self.path, error) from error
+
+    def converted(self, sql: str, params: Any, convert: Callable[[dict[str, Any]], T]) -> list[T]:
+        """Every row of a query, each converted as it is read, under the lock: a session of
+        100,000 files never holds its rows as dicts and as records at the same time."""
+        with self.lock:
+            try:
+                return [convert(row) for row in self.db.query(sql, params)]
             except sqlite3.DatabaseError as error:
                 raise problem(self.path, error) from error
 

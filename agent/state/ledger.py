@@ -9,7 +9,8 @@ conformance tests on both.
 from __future__ import annotations
 
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from agent.state.db import Database
 from agent.state.records import (
@@ -22,6 +23,8 @@ from agent.state.records import (
 )
 from agent.state.session_store import SessionStore
 
+T = TypeVar("T")
+
 
 class Ledger(Protocol):
     """What the engine reads and records while it uploads a session."""
@@ -33,6 +36,12 @@ class Ledger(Protocol):
 
     def pending_files(self, session_id: str) -> list[FileRecord]:
         """Files of a session that still need sending, by path."""
+
+    def files_in_state(
+        self, session_id: str, state: str, convert: Callable[[FileRecord], T]
+    ) -> list[T]:
+        """The files of a session in `state`, by path, each passed through `convert` as it
+        is read: a session of 100,000 files is never held whole as records (the manifest)."""
 
     def file_uploaded(
         self,
@@ -90,17 +99,27 @@ class SqliteLedger:
         self.acknowledged_at: float | None = None
 
     def files_of(self, session_id: str) -> list[FileRecord]:
-        rows = self._database.rows(
-            "select * from files where session_id = ? order by rel_path", [session_id]
+        return self._database.converted(
+            "select * from files where session_id = ? order by rel_path",
+            [session_id],
+            file_from_row,
         )
-        return [file_from_row(row) for row in rows]
+
+    def files_in_state(
+        self, session_id: str, state: str, convert: Callable[[FileRecord], T]
+    ) -> list[T]:
+        return self._database.converted(
+            "select * from files where session_id = ? and state = ? order by rel_path",
+            [session_id, state],
+            lambda row: convert(file_from_row(row)),
+        )
 
     def pending_files(self, session_id: str) -> list[FileRecord]:
-        rows = self._database.rows(
+        return self._database.converted(
             "select * from files where session_id = ? and state = 'pending' order by rel_path",
             [session_id],
+            file_from_row,
         )
-        return [file_from_row(row) for row in rows]
 
     def file_uploaded(
         self,

@@ -45,7 +45,7 @@ class SessionRecord:
     recheck_at: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileRecord:
     """One row of `files`."""
 
@@ -162,6 +162,9 @@ def session_from_row(row: dict[str, Any]) -> SessionRecord:
     )
 
 
+_FILE_FIELDS = tuple(FileRecord.__dataclass_fields__)
+
+
 def file_from_row(row: dict[str, Any]) -> FileRecord:
     """A `files` row as a record."""
-    return FileRecord(**{name: row[name] for name in FileRecord.__dataclass_fields__})
+    return FileRecord(*[row[name] for name in _FILE_FIELDS])
