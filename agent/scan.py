@@ -73,7 +73,7 @@ def _kind_reason(mode: int) -> str | None:
     return f"not a regular file ({kind})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class FileStat:
     """One entry inside a session, as seen by a scan: a regular file, or something the scan
     refuses (a symbolic link, a special file, a name that is not UTF-8) with the reason.

@@ -10,7 +10,7 @@ process moved meanwhile is left alone instead of being moved from a state it no 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, NamedTuple
 
 from agent import sessions
 from agent.errors import StateError
@@ -27,6 +27,23 @@ from agent.state.records import (
 )
 
 _SELECT = "select * from sessions"
+
+
+class _Known(NamedTuple):
+    """What the database holds of one file, as a scan compares it."""
+
+    rel_path: str
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int | None
+    state: str
+    key: str
+    uploaded_size: int | None
+    uploaded_mtime_ns: int | None
+    error: str | None
+
+
 # Columns a move may set besides the state itself.
 _MOVE_FIELDS = frozenset({"reason", "completed_at", "recheck_at", "fingerprint", "error"})
 
@@ -144,9 +161,10 @@ class SessionStore:
         keys: dict[str, str],
         refused: dict[str, str],
     ) -> None:
-        known = {
-            row["rel_path"]: row
-            for row in self._database.db.query(
+        # Tuples, not dicts: a session of 100,000 files is read whole here at each change.
+        known: dict[str, _Known] = {
+            row[0]: _Known(*row)
+            for row in self._database.execute(
                 "select rel_path, size, mtime_ns, inode, device, state, key, uploaded_size, "
                 "uploaded_mtime_ns, error from files where session_id = ?",
                 [session_id],
@@ -165,23 +183,20 @@ class SessionStore:
                 scanned = (item.size, item.mtime_ns, item.inode, item.device, key, state, error)
                 inserts.append((session_id, item.rel_path, *scanned))
                 continue
-            same_as_uploaded = (row["uploaded_size"], row["uploaded_mtime_ns"]) == (
+            same_as_uploaded = (row.uploaded_size, row.uploaded_mtime_ns) == (
                 item.size,
                 item.mtime_ns,
             )
             state = REFUSED if not key else DONE if same_as_uploaded else PENDING
-            kept_error = error if not key else row["error"]
+            kept_error = error if not key else row.error
             now_row = (item.size, item.mtime_ns, item.inode, item.device, key, state, kept_error)
-            was_row = tuple(
-                row[name]
-                for name in ("size", "mtime_ns", "inode", "device", "key", "state", "error")
-            )
+            was_row = (row.size, row.mtime_ns, row.inode, row.device, row.key, row.state, row.error)
             if now_row != was_row:
                 updates.append((*now_row, session_id, item.rel_path))
         for rel_path, row in known.items():
-            if rel_path not in seen and row["state"] != MISSING:
-                kept = tuple(row[name] for name in ("size", "mtime_ns", "inode", "device", "key"))
-                updates.append((*kept, MISSING, row["error"], session_id, rel_path))
+            if rel_path not in seen and row.state != MISSING:
+                kept = (row.size, row.mtime_ns, row.inode, row.device, row.key)
+                updates.append((*kept, MISSING, row.error, session_id, rel_path))
         if inserts:
             # Plain executemany: a first scan of a large tree inserts millions of rows.
             self._database.connection.executemany(
