@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,6 +33,13 @@ from watchdog.observers.polling import PollingObserver
 from agent.config import SourceSettings
 
 log = structlog.get_logger("agent.watch")
+
+# watchdog warns on stderr, outside the structured log, when a directory's watch is added a
+# second time with the same callback (a directory created and moved quickly, a rebuild after
+# an overflow): the callback is the same one, replaced by itself, and nothing is wrong.
+warnings.filterwarnings(
+    "ignore", message=r"Callback with id .* already exists", category=RuntimeWarning
+)
 
 NETWORK_FILESYSTEMS = frozenset(
     {

@@ -29,6 +29,7 @@ def test_the_demo_uploads_its_sessions_and_leaves_nothing_behind(tmp_path: Path)
     manifests = re.findall(r"s3://demo-lab-raw/\S+/ingest-manifest\.json", out)
     assert len(manifests) == 2, out  # one per simulated session, written last
     assert "Traceback" not in result.stderr
+    assert "Warning" not in result.stderr, result.stderr  # e.g. watchdog's RuntimeWarnings
     (folder,) = re.findall(r"instrument folders: (\S+)/ephys", out)
     assert not Path(folder).exists()  # its temporary folder is removed
     assert out.rstrip().endswith(
