@@ -91,7 +91,7 @@ def _toml_string(value: str) -> str:
     return json.dumps(value)
 
 
-def _config(job: Job, endpoint: Endpoint, source: str, source_lines: str) -> str:
+def config_text(job: Job, endpoint: Endpoint, source: str, source_lines: str) -> str:
     """The agent's config for a job: its state, bucket and server, and one source over the
     job's tree with `source_lines` added to it."""
     return (
@@ -113,7 +113,7 @@ def agent_config(job: Job, endpoint: Endpoint, source: str = AGENT_SOURCE) -> st
     """Given a job and the server, return the agent's config: one source over the tree with
     sessions two levels down, defaults everywhere else. The tree's files are stamped an hour
     old, so the quiet period is already over; nothing waits on time."""
-    return _config(job, endpoint, source, 'session_depth = 2\nquiet_period = "1m"\n')
+    return config_text(job, endpoint, source, 'session_depth = 2\nquiet_period = "1m"\n')
 
 
 def _destination(job: Job) -> str:
@@ -180,7 +180,7 @@ def daemon_config(
     """Given a job over a tree of many files and the server, return the config of a daemon
     that watches the tree and uploads nothing (quiet period and minimum age of an hour), so
     that only watching costs CPU. Rescans and heartbeats keep their defaults."""
-    return _config(
+    return config_text(
         job,
         endpoint,
         source,
