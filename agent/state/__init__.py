@@ -16,6 +16,8 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
+# First, before any module that uses sqlite_utils (see the module's docstring).
+from agent.state import _imports  # noqa: F401
 from agent.state.control import REFUSED_FLAG, WATCH_MODES_FLAG, Control
 from agent.state.db import Database, free_space, nearly_full
 from agent.state.ledger import Ledger, SqliteLedger
