@@ -61,10 +61,11 @@ class SessionUploader:
         large: list[FileRecord] = []
         for record in pending:
             upload = context.ledger.upload_for(session.id, record.rel_path)
-            if (
-                upload is None
-                and remote_sizes.get(record.key) == record.size
-                and self.single_put.already_there(session, record)
+            # An object of this size at the key may already hold the file: with no upload
+            # recorded (a lost or new database), and also with one (a database rolled back
+            # to before S3 had the file whole: resuming would send it all again).
+            if remote_sizes.get(record.key) == record.size and self.single_put.already_there(
+                session, record, upload
             ):
                 outcome.files_already_there += 1
                 continue

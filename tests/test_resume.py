@@ -230,3 +230,69 @@ def test_waits_for_ready_daemon_then_status_ok(make_rig: Callable[..., Rig]) -> 
     finally:
         code, _ = stop_daemon(daemon)
     assert code == 0
+
+
+def test_a_database_rolled_back_past_a_finished_upload_sends_nothing_again(
+    make_rig: Callable[..., Rig], s3: S3TestServer, client: Any
+) -> None:
+    """A power loss can bring back a database from before a file's multipart upload
+    completed (found by the soak): the recorded upload is gone from the server, but the
+    object holds the file whole. It is recognised and the stale upload forgotten, not the
+    file sent again under a new upload left open beside the object."""
+    rig = make_rig(concurrency=1)
+    _, data = make_session(rig)
+    crash_daemon_at(rig, s3, "UploadPart", 2)
+    state_db = rig.settings().state_db_path
+    older = {path.name: path.read_bytes() for path in state_db.parent.glob("state.db*")}
+    finish_with_sync(rig)
+    for path in state_db.parent.glob("state.db*"):
+        path.unlink()
+    for name, content in older.items():
+        (state_db.parent / name).write_bytes(content)
+    s3.reset()
+
+    finish_with_sync(rig)
+    assert s3.count("UploadPart") == 0 and s3.count("CreateMultipartUpload") == 0
+    assert_landed(rig, client, data)
+
+
+def test_an_identical_object_arriving_before_complete_settles_and_closes_the_upload(
+    make_rig: Callable[..., Rig], s3: S3TestServer, client: Any
+) -> None:
+    """Complete answered 412 because the object now at the key holds these very bytes:
+    the file is uploaded, and the agent's own upload is aborted, not left open holding
+    its parts."""
+    rig = make_rig(concurrency=1)
+    _, data = make_session(rig)
+    key = "rig-01/ephys/mouse1/s1/continuous.ap.bin"
+
+    def same_bytes_by_another_path() -> None:
+        # The same parts, so the same multipart ETag as the agent's upload will have.
+        started = client.create_multipart_upload(Bucket=rig.bucket, Key=key)
+        part = 5 * 1024**2
+        etags = [
+            client.upload_part(
+                Bucket=rig.bucket,
+                Key=key,
+                UploadId=started["UploadId"],
+                PartNumber=number + 1,
+                Body=data[offset : offset + part],
+            )["ETag"]
+            for number, offset in enumerate(range(0, len(data), part))
+        ]
+        client.complete_multipart_upload(
+            Bucket=rig.bucket,
+            Key=key,
+            UploadId=started["UploadId"],
+            MultipartUpload={
+                "Parts": [{"PartNumber": n + 1, "ETag": etag} for n, etag in enumerate(etags)]
+            },
+        )
+
+    arrived = KillAfter("UploadPart", 1, action=same_bytes_by_another_path)
+    s3.kills.append(arrived)
+    finish_with_sync(rig)
+    assert arrived.fired.is_set()
+    # The other path's Complete, then the agent's, refused: the object was there.
+    assert [request.status for request in s3.of("CompleteMultipartUpload")] == [200, 412]
+    assert_landed(rig, client, data)

@@ -542,6 +542,10 @@ class MultipartUpload:
         same = info is not None and info.size == self.record.size and info.etag == expected
         verdict = existing_verdict(info, self.context.agent_name, same=same)
         if info is not None and verdict == SAME:
+            # The object holds these bytes already (a Complete repeated after a crash, or
+            # after a rolled-back database a file sent again that S3 had whole): this upload
+            # is not needed, and must not stay open holding its parts.
+            store.abort_multipart(upload.key, upload.upload_id)
             return info.etag
         if info is None or verdict == ABSENT:
             return store.complete_multipart(

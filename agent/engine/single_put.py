@@ -27,7 +27,7 @@ from agent.errors import FileChangedError, PermanentTransferError
 from agent.planning import multipart_etag
 from agent.s3errors import PreconditionFailedError
 from agent.scan import open_source
-from agent.state import FileRecord, SessionRecord
+from agent.state import FileRecord, SessionRecord, UploadRecord
 from agent.transfer import AGENT_METADATA_MARK, ObjectInfo
 
 log = structlog.get_logger("agent.upload")
@@ -69,21 +69,28 @@ class SinglePut:
     def __init__(self, context: EngineContext) -> None:
         self.context = context
 
-    def already_there(self, session: SessionRecord, record: FileRecord) -> bool:
+    def already_there(
+        self, session: SessionRecord, record: FileRecord, upload: UploadRecord | None = None
+    ) -> bool:
         """An object of the right size is at the key: if it holds this file's bytes, record
-        the file as uploaded and return True (nothing to send); otherwise False."""
+        the file as uploaded and return True (nothing to send); otherwise False. A multipart
+        `upload` recorded for the file (a database rolled back to before S3 had it whole) is
+        aborted and forgotten in the same step: resuming it would send the file again."""
         info = self.context.store.head(record.key)
         if info is None or info.size != record.size:
             return False
         match = local_matches(source_path(session, record), record, info, self.context.algorithm)
         if match is None:
             return False
+        if upload is not None:
+            self.context.store.abort_multipart(upload.key, upload.upload_id)
         self.context.ledger.file_uploaded(
             record,
             checksum=match,
             checksum_algorithm=self.context.algorithm,
             etag=info.etag,
             now=self.context.clock(),
+            finished_upload_id=upload.upload_id if upload is not None else None,
         )
         log.info("already_in_s3", session=session.id, file=record.rel_path, key=record.key)
         return True
