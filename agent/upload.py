@@ -55,12 +55,41 @@ class SessionUploader:
         """
         context = self.context
         outcome = UploadOutcome()
+        small, large = self._sort_pending(session, outcome)
+        units = interleave(
+            self.reader.small_files(session, small), self.reader.large_files(session, large)
+        )
+        # The lists go with the units as they are consumed: a session of 100,000 files must
+        # not hold its records while its manifest is built.
+        del small, large
+        self.pipeline.run(units, outcome, name="upload")
+        if outcome.errors or outcome.interrupted or outcome.changed:
+            return outcome
+        if context.ledger.pending_files(session.id):
+            # A file appeared or changed after we started: the next pass picks it up.
+            outcome.changed.append("(new files)")
+            return outcome
+        outcome.manifest_key = write_manifest(context, session)
+        return outcome
+
+    def _sort_pending(
+        self, session: SessionRecord, outcome: UploadOutcome
+    ) -> tuple[list[FileRecord], list[FileRecord]]:
+        """The session's pending files to send whole and in parts; those S3 already holds
+        are settled here and counted in `outcome`."""
+        context = self.context
         pending = context.ledger.pending_files(session.id)
         remote_sizes = self._remote_sizes(session, pending)
+        # One query for the session's recorded uploads (usually none), not one per file.
+        uploads = {
+            upload.rel_path: upload
+            for upload in context.ledger.all_uploads()
+            if upload.session_id == session.id
+        }
         small: list[FileRecord] = []
         large: list[FileRecord] = []
         for record in pending:
-            upload = context.ledger.upload_for(session.id, record.rel_path)
+            upload = uploads.get(record.rel_path)
             # An object of this size at the key may already hold the file: with no upload
             # recorded (a lost or new database), and also with one (a database rolled back
             # to before S3 had the file whole: resuming would send it all again).
@@ -73,18 +102,7 @@ class SessionUploader:
                 small.append(record)
             else:
                 large.append(record)
-        units = interleave(
-            self.reader.small_files(session, small), self.reader.large_files(session, large)
-        )
-        self.pipeline.run(units, outcome, name="upload")
-        if outcome.errors or outcome.interrupted or outcome.changed:
-            return outcome
-        if context.ledger.pending_files(session.id):
-            # A file appeared or changed after we started: the next pass picks it up.
-            outcome.changed.append("(new files)")
-            return outcome
-        outcome.manifest_key = write_manifest(context, session)
-        return outcome
+        return small, large
 
     def _remote_sizes(self, session: SessionRecord, pending: list[FileRecord]) -> dict[str, int]:
         """Sizes of objects already under the session's prefix, when there is anything to
