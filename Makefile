@@ -7,7 +7,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 APT_PACKAGES := libsystemd-dev pkg-config gcc python3-dev python3-venv systemd
 
-.PHONY: demo test lint typecheck unit fast system-deps venv bench clean unit-check systemd-test
+.PHONY: demo test lint typecheck unit fast system-deps venv bench clean unit-check systemd-test soak
 
 # $(call apt_install,PACKAGES): apt-get install only those not installed yet (sudo if not root).
 define apt_install
@@ -50,10 +50,20 @@ fast: venv
 
 test: lint typecheck unit
 
+# The soak (README, Development): the daemon under random SIGKILLs, a fault-injecting proxy
+# and a rolled-back state database, then every byte, manifest and upload checked. A few
+# minutes by default; longer with e.g. make soak ARGS="--kills 60 --minutes 20".
+ARGS ?=
+soak: venv
+	$(BIN)/python -m tests.soak $(ARGS)
+
 # The agent against aws-cli, s5cmd and rclone on one loopback S3 server, one data set, one
-# run (README, Performance): results in bench/results/. Options through BENCH_ARGS, e.g.
+# run (README, Performance), then the agent alone: idle daemon, completion latency, a growing
+# recording, and flame graphs (py-spy, about half a minute; --no-profile skips them). Results
+# in bench/results/. Options through BENCH_ARGS, e.g.
 # make bench BENCH_ARGS="--scale 1 --endpoint http://minio:9000". The older single-purpose
-# benchmarks (bench/run.py, bandwidth.py, latency.py, scale.py) run on their own.
+# benchmarks (bench/run.py, bandwidth.py, scale.py; latency.py runs the latency phase alone)
+# run on their own.
 BENCH_APT := rclone time
 BENCH_ARGS ?=
 $(BIN)/.bench-installed: pyproject.toml | $(BIN)/.installed
