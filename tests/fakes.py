@@ -37,8 +37,15 @@ class MemoryLedger:
             key=lambda record: record.rel_path,
         )
 
-    def pending_files(self, session_id: str) -> list[FileRecord]:
-        return [record for record in self.files_of(session_id) if record.state == PENDING]
+    def pending_files(
+        self, session_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[FileRecord]:
+        found = [
+            record
+            for record in self.files_of(session_id)
+            if record.state == PENDING and (after is None or record.rel_path > after)
+        ]
+        return found if limit is None else found[:limit]
 
     def files_in_state(
         self, session_id: str, state: str, convert: Callable[[FileRecord], T]

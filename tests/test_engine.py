@@ -630,3 +630,25 @@ def test_an_unexpected_error_in_a_worker_is_an_error_of_the_outcome(
     assert outcome.errors[0].key == record.key
     assert not outcome.complete
     assert Counter(r.operation for r in s3.of("CompleteMultipartUpload")) == Counter()
+
+
+def test_a_session_is_sent_a_page_at_a_time_and_a_changed_file_stops_no_other_page(
+    bench: Bench,
+) -> None:
+    """Pending files are read a page at a time (memory stays flat in the session's size):
+    every file of every page goes up, and a file that changes in the first page is reported
+    without keeping the later pages from being sent."""
+    for number in range(7):
+        bench.add_file(f"f{number}.bin", os.urandom(1000 + number))
+    uploader = bench.uploader()
+    uploader.page = 3
+    changing = bench.folder / "f1.bin"
+    changing.write_bytes(b"rewritten after the scan")
+    outcome = uploader.upload_session(bench.session())
+    assert outcome.changed == ["f1.bin"] and not outcome.complete
+    sent = {f.rel_path for f in bench.ledger.files_of(SESSION_ID) if f.state == DONE}
+    assert sent == {f"f{n}.bin" for n in range(7)} - {"f1.bin"}
+    bench.record("f1.bin")
+    outcome = uploader.upload_session(bench.session())
+    assert outcome.complete and outcome.files_sent == 1
+    assert bench.object_bytes(f"{PREFIX}/f1.bin") == b"rewritten after the scan"

@@ -84,6 +84,15 @@ def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Ledger]:
 # --- the ledger contract (both implementations) ---------------------------------------------
 
 
+def test_pending_files_come_in_pages_by_path(ledger: Ledger) -> None:
+    """The engine reads a large session a page at a time (after the last path, so many)."""
+    assert [f.rel_path for f in ledger.pending_files(SESSION, limit=2)] == ["f0.bin", "f1.bin"]
+    assert [f.rel_path for f in ledger.pending_files(SESSION, after="f1.bin", limit=2)] == [
+        "f2.bin"
+    ]
+    assert ledger.pending_files(SESSION, after="f2.bin", limit=2) == []
+
+
 def test_pending_files_are_listed_by_path_and_leave_once_uploaded(ledger: Ledger) -> None:
     pending = ledger.pending_files(SESSION)
     assert [f.rel_path for f in pending] == ["f0.bin", "f1.bin", "f2.bin"]

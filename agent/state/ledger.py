@@ -34,8 +34,11 @@ class Ledger(Protocol):
     def files_of(self, session_id: str) -> list[FileRecord]:
         """Every file of a session, by path."""
 
-    def pending_files(self, session_id: str) -> list[FileRecord]:
-        """Files of a session that still need sending, by path."""
+    def pending_files(
+        self, session_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[FileRecord]:
+        """Files of a session that still need sending, by path: with `after` and `limit`,
+        at most `limit` of them whose paths sort after `after` (a page)."""
 
     def files_in_state(
         self, session_id: str, state: str, convert: Callable[[FileRecord], T]
@@ -114,10 +117,13 @@ class SqliteLedger:
             lambda row: convert(file_from_row(row)),
         )
 
-    def pending_files(self, session_id: str) -> list[FileRecord]:
+    def pending_files(
+        self, session_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[FileRecord]:
         return self._database.converted(
-            "select * from files where session_id = ? and state = 'pending' order by rel_path",
-            [session_id],
+            "select * from files where session_id = ? and state = 'pending' and rel_path > ? "
+            "order by rel_path limit ?",
+            [session_id, "" if after is None else after, -1 if limit is None else limit],
             file_from_row,
         )
 
