@@ -37,7 +37,7 @@ from agent.metrics import Metrics
 from agent.notify import Notifier, Pulse, stall_limit
 from agent.observe import source_for_path
 from agent.report import HOOK_FLAG, status_report
-from agent.state import WATCH_MODES_FLAG, SessionRecord, State
+from agent.state import WATCH_MODES_FLAG, SessionRecord, State, enough_room
 from agent.state.rescue import REBUILT_FLAG, open_or_rebuild
 from agent.transfer import S3Store, store_from_settings
 from agent.upload import UploadOutcome
@@ -221,9 +221,11 @@ class Daemon:
             )
             self.worker = worker
             self._apply_limits(state, store)
-            worker.start()
             line = self.vitals.status_line(state, store.limiter.taken, self.limits.paused_by)
+            # The last write before the uploader starts: a full disk here starts over
+            # (run()) with no uploader thread left behind.
             self.vitals.beat(state, line)
+            worker.start()
             self.notifier.ready(line)
             log.info(
                 "agent_started",
@@ -246,9 +248,9 @@ class Daemon:
                 stopped_beater.last_beat()  # the fleet sees a stop, not a silence
             self.metrics.stop()
             self.hooks.wait(HOOK_GRACE)
-        except StateDiskError:
+        except StateDiskError as error:
             if self.stop.is_set():
-                log.critical("daemon_crashed", exc_info=True)
+                log.error("stopped_with_state_disk_trouble", error=str(error))
                 return 1
             raise  # before the main loop (which waits itself): run() waits and starts again
         except Exception:
@@ -338,6 +340,8 @@ class Daemon:
         if now < self._disk_probe_at:
             return False
         self._disk_probe_at = now + DISK_RETRY
+        if not enough_room(self.settings.agent.state_dir):
+            return False  # a heartbeat would fit, a rescan's writes would not: no flapping
         try:
             self.vitals.beat(state, "state disk recovered")
         except StateDiskError:

@@ -108,10 +108,15 @@ class SessionUploader:
         for record in pending:
             upload = uploads.get(record.rel_path)
             # An object of this size at the key may already hold the file: with no upload
-            # recorded (a lost or new database), and also with one (a database rolled back
-            # to before S3 had the file whole: resuming would send it all again).
-            if remote_sizes.get(record.key) == record.size and self.single_put.already_there(
-                session, record, upload
+            # recorded (a lost or new database), and also with one for a file never sent
+            # before (a database rolled back to before S3 had it whole: resuming would send
+            # it all again). A re-upload of a changed file is not re-read for this: the
+            # object there is its older version.
+            maybe_there = upload is None or record.uploaded_size is None
+            if (
+                maybe_there
+                and remote_sizes.get(record.key) == record.size
+                and self.single_put.already_there(session, record, upload)
             ):
                 outcome.files_already_there += 1
                 continue

@@ -49,6 +49,7 @@ from agent.errors import (
     FileChangedError,
     PermanentTransferError,
     RetryableTransferError,
+    StateDiskError,
     TransferError,
 )
 from agent.planning import MAX_PARTS, plan_parts
@@ -580,3 +581,18 @@ def test_the_producer_never_runs_far_ahead_of_the_workers() -> None:
     assert outcome.files_sent == 300
     # Two workers: at most 2 x QUEUE_PER_WORKER queued or sending, and one being produced.
     assert max(ahead) <= 2 * QUEUE_PER_WORKER + 1
+
+
+def test_a_full_state_disk_under_a_send_stops_the_pass_and_goes_up_not_into_the_outcome() -> None:
+    """A worker's record of its send failing on a full state disk is not the session's fault:
+    the pass stops, the units in flight finish, and the error goes up (the daemon then waits
+    for the disk) instead of failing the session as one of its errors."""
+    full = StateDiskError("state.db: database or disk is full")
+    later = [StepUnit(file_record(f"b{number}.bin"), delay=0.01) for number in range(20)]
+    units: list[StepUnit | Changed] = [StepUnit(file_record("a.bin"), error=full), *later]
+    outcome = UploadOutcome()
+    with pytest.raises(StateDiskError):
+        Pipeline(ByteBudget(1000), 1, threading.Event()).run(units, outcome, name="test")
+    assert outcome.errors == []
+    # The pass stopped: only what was already queued behind the failing unit was sent.
+    assert sum(unit.tried.is_set() for unit in later) <= QUEUE_PER_WORKER

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from agent.errors import FileChangedError, PermanentTransferError, TransferError
+from agent.errors import FileChangedError, PermanentTransferError, StateDiskError, TransferError
 from agent.state import FileRecord
 from agent.throttle import Interrupted
 
@@ -153,7 +153,8 @@ class Pipeline:
         """Send every unit `items` yields, noting sends, changed files and errors in
         `outcome`. Stop taking units after the first error or a halt; wait for the units in
         flight either way. The producer's own Interrupted and TransferError end the pass the
-        same way; anything else it raises propagates."""
+        same way; anything else it raises propagates, and so does a StateDiskError of a
+        unit's send (once the units in flight are done)."""
         lock = threading.Lock()
         halted = threading.Event()
 
@@ -166,6 +167,11 @@ class Pipeline:
         # alone let thousands of small files be read ahead (memory growing with the session).
         slots = threading.Semaphore(self.concurrency * QUEUE_PER_WORKER)
 
+        # The state disk full or failing under a worker's record of its send: not the
+        # session's fault, so not an error of the outcome (it would fail the session); the
+        # pass stops and the error goes up, for the daemon to wait for the disk.
+        disk_errors: list[StateDiskError] = []
+
         def finished(unit: Unit, future: Future[None]) -> None:
             slots.release()
             self.budget.release(unit.reserved)
@@ -173,7 +179,10 @@ class Pipeline:
             if error is None:
                 return
             with lock:
-                if note_error(outcome, error, unit.record):
+                if isinstance(error, StateDiskError):
+                    disk_errors.append(error)
+                    halted.set()
+                elif note_error(outcome, error, unit.record):
                     halted.set()
 
         iterator = iter(items)
@@ -199,6 +208,8 @@ class Pipeline:
                 close = getattr(iterator, "close", None)
                 if close is not None:
                     close()
+        if disk_errors:
+            raise disk_errors[0]
         if self.stop.is_set():
             outcome.interrupted = True
 

@@ -19,7 +19,7 @@ from types import TracebackType
 # First, before any module that uses sqlite_utils (see the module's docstring).
 from agent.state import _imports  # noqa: F401
 from agent.state.control import REFUSED_FLAG, WATCH_MODES_FLAG, Control
-from agent.state.db import Database, free_space, nearly_full
+from agent.state.db import Database, enough_room, free_space, nearly_full
 from agent.state.ledger import Ledger, SqliteLedger
 from agent.state.queries import StatusQueries
 from agent.state.records import (
@@ -52,6 +52,7 @@ __all__ = [
     "SourceRow",
     "State",
     "UploadRecord",
+    "enough_room",
     "fingerprint_of",
     "free_space",
     "nearly_full",

@@ -43,6 +43,13 @@ def nearly_full(directory: Path) -> bool:
     return free is not None and free < NEARLY_FULL
 
 
+def enough_room(directory: Path) -> bool:
+    """Whether the filesystem of `directory` has room to resume writing after it was full:
+    twice the full mark, so that a recovery is not declared on room for one small write."""
+    free = free_space(directory)
+    return free is None or free >= 2 * NEARLY_FULL
+
+
 def _nearly_full(path: Path) -> bool:
     return nearly_full(path.parent)
 
@@ -58,11 +65,40 @@ def _disk_trouble(path: Path, error: BaseException) -> bool:
     )
 
 
+def read_only(directory: Path) -> bool:
+    """Whether the filesystem of `directory` is mounted read-only (ext4 remounts itself so
+    after I/O errors)."""
+    try:
+        return bool(os.statvfs(directory).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def header_version(path: Path) -> int | None:
+    """The schema version (`PRAGMA user_version`) stored in the database file's header, read
+    without SQLite: a newer agent's database must be refused as newer, not judged damaged
+    because this SQLite cannot parse its schema."""
+    try:
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except OSError:
+        return None
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\0"):
+        return None
+    return int.from_bytes(header[60:64], "big")
+
+
 def problem(path: Path, error: BaseException) -> StateError:
     """What went wrong with the database at `path` and what the operator can do, as the
     StateError kind a caller can act on: a full or failing disk (StateDiskError), a damaged
     file (StateDamagedError), or anything else."""
     text = str(error)
+    if "readonly" in text or read_only(path.parent):
+        return StateDiskError(
+            f"{path}: {text}: the filesystem of {path.parent} is read-only (remounted after "
+            "disk errors?); check it (dmesg), repair and remount it read-write (the agent "
+            "resumes where it stopped)"
+        )
     if _disk_trouble(path, error):
         # SQLite may say only "disk I/O error" when the WAL index cannot grow.
         if _nearly_full(path) or "full" in text or getattr(error, "errno", None) == errno.ENOSPC:
@@ -101,6 +137,12 @@ class Database:
         """
         if not create and not path.exists():
             raise StateError(f"no state database at {path}; has the agent run yet?")
+        version = header_version(path)
+        if version is not None and version > len(MIGRATIONS):
+            # Before SQLite reads it: a newer file format must not pass for a damaged one.
+            raise StateError(
+                f"{path} was written by a newer agent (schema {version}); upgrade the agent"
+            )
         try:
             if create:
                 path.parent.mkdir(parents=True, exist_ok=True)
