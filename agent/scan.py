@@ -177,41 +177,47 @@ def scan_session(root: Path, rel_path: str, exclude: tuple[str, ...]) -> Session
         directory, prefix = pending.pop()
         try:
             newest = max(newest, os.stat(directory).st_mtime_ns)
-            entries = list(os.scandir(directory))
+            # Read as listed, not listed whole first: a folder of 100,000 files would hold
+            # 100,000 directory entries beside the records made of them.
+            listing = os.scandir(directory)
         except FileNotFoundError:
             continue
         except PermissionError:
             unreadable.append(shown_name(prefix.rstrip("/") or "."))
             continue
-        for entry in entries:
-            rel = f"{prefix}{entry.name}"
-            if is_excluded(rel, exclude):
-                excluded.append(shown_name(rel))
-                continue
+        with listing:
             try:
-                if entry.is_dir(follow_symlinks=False):
-                    pending.append((entry.path, rel + "/"))
-                    continue
-                info = entry.stat(follow_symlinks=False)
+                for entry in listing:
+                    rel = f"{prefix}{entry.name}"
+                    if is_excluded(rel, exclude):
+                        excluded.append(shown_name(rel))
+                        continue
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            pending.append((entry.path, rel + "/"))
+                            continue
+                        info = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    except PermissionError:
+                        unreadable.append(shown_name(rel))
+                        continue
+                    newest = max(newest, info.st_mtime_ns)
+                    refusal = _kind_reason(info.st_mode)
+                    if not is_utf8(rel):
+                        refusal = refusal or NOT_UTF8_REASON
+                    files.append(
+                        FileStat(
+                            shown_name(rel),
+                            info.st_size,
+                            info.st_mtime_ns,
+                            info.st_ino,
+                            info.st_dev,
+                            refusal,
+                        )
+                    )
             except FileNotFoundError:
-                continue
-            except PermissionError:
-                unreadable.append(shown_name(rel))
-                continue
-            newest = max(newest, info.st_mtime_ns)
-            refusal = _kind_reason(info.st_mode)
-            if not is_utf8(rel):
-                refusal = refusal or NOT_UTF8_REASON
-            files.append(
-                FileStat(
-                    shown_name(rel),
-                    info.st_size,
-                    info.st_mtime_ns,
-                    info.st_ino,
-                    info.st_dev,
-                    refusal,
-                )
-            )
+                pass  # the folder went away while it was read: what was read stands
     files.sort(key=lambda item: item.rel_path)
     # A shown name can equal a real one ("a\\xff" spelled with a backslash); both are refused
     # (the real one for its backslash), and the database needs each path once.

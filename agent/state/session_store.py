@@ -10,6 +10,7 @@ process moved meanwhile is left alone instead of being moved from a state it no 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from agent import sessions
@@ -170,19 +171,39 @@ class SessionStore:
                 [session_id],
             )
         }
-        inserts: list[tuple[Any, ...]] = []
+
+        def key_of(item: FileStat) -> tuple[str, str | None]:
+            key = keys.get(item.rel_path) or ""
+            error = None if key else refused.get(item.rel_path, "name cannot become an object key")
+            return key, error
+
+        def new_rows() -> Iterator[tuple[Any, ...]]:
+            # Fed to executemany as they are made: a first scan of a large tree inserts
+            # millions of rows, never held as a list.
+            for item in files:
+                if item.rel_path not in known:
+                    key, error = key_of(item)
+                    state = PENDING if key else REFUSED
+                    yield (
+                        *(session_id, item.rel_path, item.size, item.mtime_ns, item.inode),
+                        *(item.device, key, state, error),
+                    )
+
+        self._database.connection.executemany(
+            "insert into files (session_id, rel_path, size, mtime_ns, inode, device, key, "
+            "state, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            new_rows(),
+        )
+        if not known:
+            return
         updates: list[tuple[Any, ...]] = []
         seen: set[str] = set()
         for item in files:
-            seen.add(item.rel_path)
             row = known.get(item.rel_path)
-            key = keys.get(item.rel_path) or ""
-            error = None if key else refused.get(item.rel_path, "name cannot become an object key")
             if row is None:
-                state = PENDING if key else REFUSED
-                scanned = (item.size, item.mtime_ns, item.inode, item.device, key, state, error)
-                inserts.append((session_id, item.rel_path, *scanned))
                 continue
+            seen.add(item.rel_path)
+            key, error = key_of(item)
             same_as_uploaded = (row.uploaded_size, row.uploaded_mtime_ns) == (
                 item.size,
                 item.mtime_ns,
@@ -197,13 +218,6 @@ class SessionStore:
             if rel_path not in seen and row.state != MISSING:
                 kept = (row.size, row.mtime_ns, row.inode, row.device, row.key)
                 updates.append((*kept, MISSING, row.error, session_id, rel_path))
-        if inserts:
-            # Plain executemany: a first scan of a large tree inserts millions of rows.
-            self._database.connection.executemany(
-                "insert into files (session_id, rel_path, size, mtime_ns, inode, device, key, "
-                "state, error) values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                inserts,
-            )
         if updates:
             self._database.connection.executemany(
                 "update files set size = ?, mtime_ns = ?, inode = ?, device = ?, key = ?, "
