@@ -29,6 +29,7 @@ import structlog
 from agent import fleet, lock, logs
 from agent.checksums import Tally
 from agent.config import Settings, load_settings
+from agent.disk_pause import DiskPause
 from agent.errors import AgentError, StateDiskError, TransferError
 from agent.hooks import Hooks
 from agent.ingest import Ingest, log_retry
@@ -37,7 +38,7 @@ from agent.metrics import Metrics
 from agent.notify import Notifier, Pulse, stall_limit
 from agent.observe import source_for_path
 from agent.report import HOOK_FLAG, status_report
-from agent.state import WATCH_MODES_FLAG, SessionRecord, State, enough_room
+from agent.state import WATCH_MODES_FLAG, SessionRecord, State
 from agent.state.rescue import REBUILT_FLAG, open_or_rebuild
 from agent.transfer import S3Store, store_from_settings
 from agent.upload import UploadOutcome
@@ -55,8 +56,6 @@ HOOK_GRACE = 1.0
 # the state directory holding "loop" or "uploader" hangs that part of the daemon (once; the
 # file is removed), so tests can watch systemd's watchdog act. Ignored without the variable.
 FAULT_FILE = "test-fault-hang"
-# While the state disk is full or failing, a write is tried again this often.
-DISK_RETRY = 10.0
 
 
 class Daemon:
@@ -91,11 +90,8 @@ class Daemon:
         self.limits = Limits(settings.upload, clock=clock)
         self.vitals = Vitals(clock=clock, started_at=clock())
         self.worker: UploadWorker | None = None
-        # The state disk's trouble (full, failing) while uploads wait for it, and the error
-        # the uploader thread met, handed to the main loop.
-        self.disk_trouble: str | None = None
-        self._disk_probe_at = 0.0
-        self._worker_disk_error: StateDiskError | None = None
+        # Uploads waiting for a full or failing state disk.
+        self.disk = DiskPause(settings.agent.state_dir, self.notifier, self.halt)
         self._published_modes: str | None = None
 
     def _on_path(self, path: Path) -> None:
@@ -140,29 +136,10 @@ class Daemon:
                 except StateDiskError as error:
                     # Exiting would only have systemd start us into the same error, again
                     # and again: wait here, said once, and start again when the disk allows.
-                    if not self._wait_for_state_disk(error):
+                    if not self.disk.wait_at_start(error, self.stop):
                         return 0
         finally:
             held.release()
-
-    def _wait_for_state_disk(self, error: StateDiskError) -> bool:
-        """Start-up met a full or failing state disk: report it (once), tell systemd we are
-        up but waiting, keep its watchdog fed, and return after DISK_RETRY seconds (True) or
-        at a stop (False)."""
-        if self.disk_trouble is None:
-            self.disk_trouble = str(error)
-            log.critical(
-                "state_disk_trouble",
-                error=str(error),
-                hint=f"nothing can be recorded, so nothing is uploaded; the agent tries again "
-                f"every {DISK_RETRY:.0f}s and carries on by itself",
-            )
-        self.notifier.ready(f"CRITICAL, waiting for the state disk: {error}")
-        deadline = time.monotonic() + DISK_RETRY
-        while not self.stop.is_set() and time.monotonic() < deadline:
-            self.notifier.watchdog()
-            self.stop.wait(1.0)
-        return not self.stop.is_set()
 
     def _run(self) -> int:
         if self.notifier.missing_library:
@@ -203,9 +180,7 @@ class Daemon:
         beater: fleet.Beater | None = None
         try:
             self.vitals.beat(state, "starting: recovering and reconciling")
-            if self.disk_trouble is not None:
-                log.warning("state_disk_recovered", was=self.disk_trouble)
-                self.disk_trouble = None
+            self.disk.started()
             # The fleet hears of the start at once, not after a long first scan.
             beater = self._start_beater(state)
             self.notifier.status("starting: recovering unfinished uploads, scanning sources")
@@ -217,7 +192,7 @@ class Daemon:
                 stop=self.stop,
                 halt=self.halt,
                 pulse=self.pulse,
-                on_disk_trouble=self._worker_met_disk_trouble,
+                on_disk_trouble=self.disk.hand_over,
             )
             self.worker = worker
             self._apply_limits(state, store)
@@ -313,46 +288,6 @@ class Daemon:
         died = self.worker is not None and self.worker.died()
         return self.guard.ping(time.monotonic(), next_ping, died)
 
-    def _worker_met_disk_trouble(self, error: StateDiskError) -> None:
-        # Called from the uploader thread: the main loop takes it at its next tick.
-        self._worker_disk_error = error
-        self.halt.set()
-
-    def _enter_disk_trouble(self, error: StateDiskError, now: float) -> None:
-        """Pause uploads until the database can be written again, said once, loudly: a
-        daemon that exited would be restarted by systemd into the same error, again and
-        again, and every restart would scan the sources for nothing."""
-        self.halt.set()
-        self._disk_probe_at = now + DISK_RETRY
-        if self.disk_trouble is None:
-            self.disk_trouble = str(error)
-            log.critical(
-                "state_disk_trouble",
-                error=str(error),
-                hint=f"uploads paused; the agent tries again every {DISK_RETRY:.0f}s and "
-                "resumes by itself",
-            )
-            self.notifier.status(f"CRITICAL, uploads paused: {error}")
-
-    def _disk_recovered(self, state: State, store: S3Store, now: float) -> bool:
-        """While the disk is in trouble, try one write (the heartbeat) every DISK_RETRY
-        seconds; return True once it succeeds."""
-        if now < self._disk_probe_at:
-            return False
-        self._disk_probe_at = now + DISK_RETRY
-        if not enough_room(self.settings.agent.state_dir):
-            return False  # a heartbeat would fit, a rescan's writes would not: no flapping
-        try:
-            self.vitals.beat(state, "state disk recovered")
-        except StateDiskError:
-            return False
-        log.warning("state_disk_recovered", was=self.disk_trouble)
-        self.disk_trouble = None
-        self._rescan_now.set()
-        if self.worker is not None:
-            self.worker.wake()
-        return True
-
     def _publish_modes(self, state: State, watcher: Watcher) -> None:
         """Record how each source is watched when it changes (a fall-back to polling)."""
         modes = json.dumps(dict(watcher.modes), sort_keys=True)
@@ -390,12 +325,16 @@ class Daemon:
             elif fault == "uploader" and self.worker is not None:
                 self.worker.hang.set()
             next_ping = self._ping(next_ping)
-            if self._worker_disk_error is not None:
-                error, self._worker_disk_error = self._worker_disk_error, None
-                self._enter_disk_trouble(error, now)
-            if self.disk_trouble is not None and not self._disk_recovered(state, store, now):
-                self.stop.wait(TICK)
-                continue
+            self.disk.take_handed(now)
+            if self.disk.trouble is not None:
+                if not self.disk.recovered(
+                    now, lambda: self.vitals.beat(state, "state disk recovered")
+                ):
+                    self.stop.wait(TICK)
+                    continue
+                self._rescan_now.set()  # what was seen meanwhile may not be recorded
+                if self.worker is not None:
+                    self.worker.wake()
             try:
                 moved = (store.limiter.taken, Tally.value)
                 if moved != last_moved:
@@ -432,7 +371,7 @@ class Daemon:
                 if ingest.due_sessions() and self.worker is not None:
                     self.worker.wake()
             except StateDiskError as error:
-                self._enter_disk_trouble(error, now)
+                self.disk.enter(error, now)
                 # What was seen since the last reconcile may not have been recorded.
                 next_rescan = now
             logs.flush_repeats()

@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     # 3. use of the engine and observation together; the one status report
     ("ingest", "report", "metrics"),
     # 4. use cases and the daemon's parts
-    ("actions", "limits", "vitals", "worker", "doctor"),
+    ("actions", "limits", "vitals", "worker", "doctor", "disk_pause"),
     # 5. the daemon, the CLI's output, the demo
     ("service", "cli_output", "demo"),
     # 6. entry points

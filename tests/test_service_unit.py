@@ -11,6 +11,7 @@ import pytest
 
 from agent import worker as worker_module
 from agent.checksums import RunningChecksum, Tally
+from agent.errors import StateDiskError
 from agent.ingest import Ingest
 from agent.notify import Notifier, Pulse
 from agent.state import SessionRecord, State
@@ -77,6 +78,26 @@ class FlakyUploads:
 
     upload_growing = upload
 
+    def recover_sessions(self) -> None:
+        raise AssertionError("no disk trouble here")
+
+
+class FullDiskUploads(FlakyUploads):
+    """Listing the sessions fails on a full state disk once; then it succeeds."""
+
+    recovered = 0
+
+    def due_sessions(self) -> list[SessionRecord]:
+        self.calls += 1
+        if self.calls == 1:
+            raise StateDiskError("state.db: database or disk is full")
+        if self.calls >= 3:
+            self.stop.set()
+        return []
+
+    def recover_sessions(self) -> None:
+        self.recovered += 1
+
 
 def test_upload_loop_survives_an_error_while_listing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(worker_module, "IDLE_WAIT", 0.01)
@@ -88,6 +109,30 @@ def test_upload_loop_survives_an_error_while_listing(monkeypatch: pytest.MonkeyP
     worker.join(30)
     assert worker.died()  # ended because stop was set, not because of the error
     assert uploads.calls >= 3  # it went on listing after the failure
+
+
+def test_a_full_state_disk_is_handed_to_the_daemon_and_sessions_recovered_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The uploader does not log a full state disk as its own error: it hands it to the
+    daemon (which pauses uploads until the disk can be written) and, before its next round,
+    makes sessions it may have left `uploading` ready again."""
+    monkeypatch.setattr(worker_module, "IDLE_WAIT", 0.01)
+    stop = threading.Event()
+    uploads = FullDiskUploads(stop)
+    handed: list[StateDiskError] = []
+    worker = UploadWorker(
+        uploads,
+        stop=stop,
+        halt=threading.Event(),
+        pulse=Pulse(time.monotonic),
+        on_disk_trouble=handed.append,
+    )
+    worker.start()
+    worker.wake()
+    worker.join(30)
+    assert [str(error) for error in handed] == ["state.db: database or disk is full"]
+    assert uploads.recovered == 1
 
 
 def test_hashing_local_bytes_counts_as_progress() -> None:

@@ -21,14 +21,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.checksums import RunningChecksum
-from agent.engine.multipart import (
+from agent.engine.adoption import (
     LocalPart,
-    Reconciliation,
     adoption_candidates,
     adoption_reads,
+    listed_matches,
+)
+from agent.engine.multipart import (
+    Reconciliation,
     discard_reason,
     growing_mismatch,
-    listed_matches,
     reconcile,
     resume_point,
     stable_parts,

@@ -14,17 +14,15 @@ file only to judge parts it may adopt; otherwise `agent.engine.reading` reads an
 
 from __future__ import annotations
 
-import hashlib
-import os
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from agent.checksums import RunningChecksum
+from agent.engine.adoption import adopt
 from agent.engine.context import EngineContext, check_record_unchanged
 from agent.engine.pipeline import Sent
 from agent.engine.single_put import ABSENT, OURS, SAME, existing_verdict, refusal
@@ -36,9 +34,7 @@ from agent.errors import (
 )
 from agent.planning import MAX_PARTS, Part, multipart_etag, part_size_for, plan_parts
 from agent.s3errors import PreconditionFailedError
-from agent.scan import open_source
 from agent.state import FileRecord, PartRecord, UploadRecord
-from agent.throttle import Interrupted
 from agent.transfer import ListedPart
 
 log = structlog.get_logger("agent.upload")
@@ -131,91 +127,6 @@ def resume_point(
         if running is not None:
             return start, running
     return 0, RunningChecksum(algorithm)
-
-
-# Chunk in which a part is re-read to judge it for adoption (parts may be GiBs).
-ADOPTION_CHUNK = 8 * 1024**2
-
-
-@dataclass(frozen=True)
-class LocalPart:
-    """What re-reading one part of the local file gave: its length, hex MD5 (what S3 makes
-    a part's ETag of) and checksum in the agent's algorithm (base64)."""
-
-    size: int
-    md5: str
-    algorithm: str
-    checksum: str
-
-
-def adoption_candidates(
-    parts: Sequence[Part], recorded: Mapping[int, PartRecord], listed: Mapping[int, ListedPart]
-) -> tuple[int, ...]:
-    """Given the file's planned parts, the recorded ones and the server's listing, return
-    the numbers of the parts the server holds and our records lack: the answer to their
-    UploadPart was lost in a crash (up to `concurrency` per kill). Each may be adopted once
-    its local bytes are shown to be the listed ones. A listed size other than the planned
-    one rules a part out without reading it."""
-    return tuple(
-        part.number
-        for part in parts
-        if part.number in listed
-        and part.number not in recorded
-        and listed[part.number].size in (None, part.length)
-    )
-
-
-def adoption_reads(
-    parts: Sequence[Part],
-    recorded: Mapping[int, PartRecord],
-    candidates: Sequence[int],
-    *,
-    resumable: bool,
-) -> list[Part]:
-    """Given the planned parts, the recorded ones and the candidates for adoption, return
-    the parts to read locally, in order: every candidate and, where the running checksum
-    resumes (CRCs), every part between a candidate and the nearest earlier part whose record
-    saved the running checksum (read only to feed it). So an adopted part is recorded with
-    the running checksum of the file up to its end, exactly as if it had been sent, and a
-    later resume still starts after it. Without a resumable checksum (SHA-256) no part
-    records one, so only the candidates are read."""
-    wanted = set(candidates)
-    if not wanted:
-        return []
-    if not resumable:
-        return [part for part in parts if part.number in wanted]
-
-    def saved(part: Part) -> bool:
-        record = recorded.get(part.number)
-        return record is not None and record.running_checksum is not None
-
-    indexes = [index for index, part in enumerate(parts) if part.number in wanted]
-    start = 0
-    for index in range(indexes[0] - 1, -1, -1):
-        if saved(parts[index]):
-            start = index + 1
-            break
-    return [
-        part for part in parts[start : indexes[-1] + 1] if part.number in wanted or not saved(part)
-    ]
-
-
-def listed_matches(listed: ListedPart, local: LocalPart) -> bool:
-    """Whether a part the server lists holds the local bytes. Every piece of evidence the
-    listing carries must agree: its size (where given) and a checksum it holds in the
-    agent's algorithm. Then it must be proven: its ETag is the MD5 of the local bytes (S3's
-    part ETag), or, where the listing carries SHA-256 and that is the agent's algorithm, the
-    SHA-256 (parts encrypted with KMS or a customer key have ETags that are no MD5). A CRC
-    alone (32 bits) never proves it: a wrong adoption would corrupt the object, a missed
-    one only costs sending the part again."""
-    if listed.size is not None and listed.size != local.size:
-        return False
-    server_checksum = listed.checksums.get(local.algorithm)
-    if server_checksum is not None and server_checksum != local.checksum:
-        return False
-    if listed.etag.lower() == local.md5:
-        return True
-    return local.algorithm == "sha256" and server_checksum == local.checksum
 
 
 # --- the upload -------------------------------------------------------------------------------
@@ -335,85 +246,16 @@ class MultipartUpload:
         if decision.lost:
             log.warning("parts_missing_on_server", **fields, parts=list(decision.lost))
             self.context.ledger.forget_parts(upload.upload_id, list(decision.lost))
-            self._refresh()
+            self.refresh()
         if listed:
-            self._adopt(listed, fields)
+            adopt(self, listed, fields)
         return True
 
-    def _refresh(self) -> None:
+    def refresh(self) -> None:
+        """Read the upload's record (and its parts) again from the ledger."""
         fresh = self.context.ledger.upload_for(self.record.session_id, self.record.rel_path)
         assert fresh is not None
         self.upload = fresh
-
-    def _adopt(self, listed: Mapping[int, ListedPart], fields: Mapping[str, Any]) -> None:
-        """Record, without sending them again, the parts the server lists and our records
-        lack whose bytes are the local file's, re-read here (reading is local, sending is
-        not). Each is recorded as a sent part is: the server's ETag, the part's checksum and
-        the running checksum of the file up to its end. A part that differs is sent again."""
-        upload, context = self.upload, self.context
-        parts = plan_parts(self.record.size, upload.part_size)
-        recorded = {part.number: part for part in upload.parts}
-        candidates = set(adoption_candidates(parts, recorded, listed))
-        if not candidates:
-            return
-        algorithm = context.algorithm
-        resumable = RunningChecksum(algorithm).save() is not None
-        reads = adoption_reads(parts, recorded, sorted(candidates), resumable=resumable)
-        index_of = {part.number: index for index, part in enumerate(parts)}
-        adopted: list[int] = []
-        differ: list[int] = []
-        record = self.record
-        with open_source(self.path, inode=record.inode, device=record.device) as (handle, info):
-            if (info.st_size, info.st_mtime_ns) != (record.size, record.mtime_ns):
-                raise FileChangedError(str(self.path))
-            running: RunningChecksum | None = None
-            for part in reads:
-                if context.store.stop.is_set():
-                    raise Interrupted()
-                if resumable and (running is None or running.position != part.offset):
-                    running = self._running_before(parts, index_of[part.number], recorded)
-                local = _read_local(handle.fileno(), part, algorithm, running, self.path)
-                if part.number not in candidates:
-                    continue
-                if not listed_matches(listed[part.number], local):
-                    differ.append(part.number)
-                    continue
-                found = PartRecord(
-                    part.number,
-                    listed[part.number].etag,
-                    local.checksum,
-                    part.length,
-                    running.save() if running is not None else None,
-                )
-                context.ledger.part_finished(upload.upload_id, found)
-                recorded[part.number] = found
-                adopted.append(part.number)
-        if adopted:
-            log.info("parts_adopted", **fields, parts=adopted)
-            self._refresh()
-        if differ:
-            log.info(
-                "listed_parts_differ",
-                **fields,
-                parts=differ,
-                reason="the server holds other bytes than the local file's: sent again",
-            )
-
-    def _running_before(
-        self, parts: Sequence[Part], index: int, recorded: Mapping[int, PartRecord]
-    ) -> RunningChecksum | None:
-        """The running checksum of the file before `parts[index]`, from the start or from
-        the record of the part before it; None if that record saved none (the adopted part
-        then records none either, and a later resume reads from the first byte)."""
-        if index == 0:
-            return RunningChecksum(self.context.algorithm)
-        previous = parts[index - 1]
-        record = recorded.get(previous.number)
-        return RunningChecksum.resume(
-            self.context.algorithm,
-            None if record is None else record.running_checksum,
-            previous.offset + previous.length,
-        )
 
     # --- going on -------------------------------------------------------------------------
 
@@ -582,26 +424,6 @@ class MultipartUpload:
             )
         self.context.store.abort_multipart(upload.key, upload.upload_id)
         self.context.ledger.upload_finished(upload.upload_id)
-
-
-def _read_local(
-    descriptor: int, part: Part, algorithm: str, running: RunningChecksum | None, path: Path
-) -> LocalPart:
-    """Read one part of the file in chunks, feeding `running` (when given); return its
-    length, MD5 and checksum. A short read means the file shrank: FileChangedError."""
-    md5 = hashlib.md5(usedforsecurity=False)
-    checksum = RunningChecksum(algorithm)
-    position, end = part.offset, part.offset + part.length
-    while position < end:
-        block = os.pread(descriptor, min(ADOPTION_CHUNK, end - position), position)
-        if not block:
-            raise FileChangedError(str(path))
-        md5.update(block)
-        checksum.update(block)
-        if running is not None:
-            running.update(block)
-        position += len(block)
-    return LocalPart(part.length, md5.hexdigest(), algorithm, checksum.value())
 
 
 @dataclass
