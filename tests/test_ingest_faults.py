@@ -28,7 +28,9 @@ class DiskFailingLedger:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def pending_files(self, session_id: str) -> list[FileRecord]:
+    def pending_files(
+        self, session_id: str, *, after: str | None = None, limit: int | None = None
+    ) -> list[FileRecord]:
         raise sqlite3.OperationalError("disk I/O error")
 
 
