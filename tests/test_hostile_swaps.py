@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,29 +17,12 @@ import pytest
 
 from agent.ingest import Ingest
 from agent.state import State
-from agent.transfer import store_from_settings
 from tests.conftest import Rig
 from tests.s3server import KillAfter, S3TestServer
+from tests.test_hostile_symlinks import age, library  # noqa: F401 - the shared fixture
 
 SMALL = 1000
 LARGE = 7 * 1024**2  # above the rig's 6 MiB multipart threshold: two parts of 5 MiB
-
-
-@pytest.fixture
-def library(make_rig: Callable[..., Rig]) -> Iterator[tuple[Rig, Ingest, State]]:
-    """A rig and the library itself, so the test can drive each pass."""
-    rig = make_rig(concurrency=1)
-    settings = rig.settings()
-    state = State.open(settings.state_db_path)
-    store = store_from_settings(settings.destination, settings.upload)
-    yield rig, Ingest(settings, state, store), state
-    state.close()
-
-
-def age(path: Path, seconds: float) -> None:
-    stamp = time.time() - seconds
-    for item in [path, *path.rglob("*")]:
-        os.utime(item, (stamp, stamp))
 
 
 def replace_by_rename(target: Path, data: bytes) -> None:
@@ -62,7 +44,7 @@ def replace_by_rename(target: Path, data: bytes) -> None:
     ids=["single-put", "multipart"],
 )
 def test_file_replaced_by_rename_during_its_upload_is_sent_again_with_the_new_bytes(
-    library: tuple[Rig, Ingest, State],
+    library: tuple[Rig, Ingest, State],  # noqa: F811 - the imported fixture
     s3: S3TestServer,
     client: Any,
     size: int,
