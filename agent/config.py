@@ -185,6 +185,7 @@ def _read_upload(table: values.Table) -> UploadSettings:
             "connect_timeout", values.positive_duration, defaults.connect_timeout
         ),
         read_timeout=table.get("read_timeout", values.positive_duration, defaults.read_timeout),
+        direct_requests=table.get("direct_requests", values.boolean, defaults.direct_requests),
         windows=_read_windows(table),
     )
     if settings.max_memory < settings.part_size:

@@ -62,6 +62,7 @@ class UploadSettings:
     failed_retry_delay: float = 300.0
     connect_timeout: float = 10.0
     read_timeout: float = 120.0
+    direct_requests: bool = True
     windows: tuple[Window, ...] = ()
 
 

@@ -22,6 +22,7 @@ from botocore.config import Config
 
 from agent.checksums import S3_ALGORITHM_NAMES, RunningChecksum
 from agent.config import DestinationSettings, UploadSettings
+from agent.direct import Declined, DirectSender, headers_for
 from agent.errors import NoSuchUploadError, TransferError
 from agent.redact import SECRETS
 from agent.s3errors import (
@@ -89,7 +90,13 @@ def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3C
         max_pool_connections=upload.concurrency + 4,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        s3={"addressing_style": "path"} if destination.endpoint_url else None,
+        # The body is covered by the checksum header the server verifies (Content-MD5 or
+        # x-amz-checksum-*), as botocore already does over https: signing it too would read
+        # every byte once more over plain http. agent/direct.py signs the same way.
+        s3={
+            "payload_signing_enabled": False,
+            **({"addressing_style": "path"} if destination.endpoint_url else {}),
+        },
         user_agent_extra="ingest-agent",
     )
     client: S3Client = session.client(
@@ -128,8 +135,10 @@ class S3Store:
         stop: threading.Event | None = None,
         sleep: Callable[[float], None] = time.sleep,
         on_retry: Callable[[TransferError, int, float], None] | None = None,
+        direct: DirectSender | None = None,
     ) -> None:
         self.client = client
+        self.direct = direct
         self.bucket = bucket
         self.limiter = limiter or TokenBucket(0)
         self.retries = retries
@@ -176,6 +185,30 @@ class S3Store:
 
     def _body(self, data: bytes) -> ThrottledBody:
         return ThrottledBody(data, self.limiter, self.stop)
+
+    def _send_write(
+        self,
+        arguments: Mapping[str, Any],
+        data: bytes,
+        direct: Callable[[DirectSender, ThrottledBody, Mapping[str, str]], Mapping[str, str]],
+        through_botocore: Callable[[], Any],
+    ) -> Any:
+        """Send a PutObject or UploadPart (`arguments`, body `data`) as a direct request
+        where the sender is on and knows every argument, else through botocore; return an
+        answer with its "ETag". A request the direct sender declines goes through botocore,
+        whose answer counts (agent/direct.py)."""
+        sender = self.direct
+        headers = headers_for(arguments) if sender is not None and sender.enabled else None
+        if sender is None or headers is None:
+            return through_botocore()
+        try:
+            answer = direct(sender, self._body(data), headers)
+        except Declined as declined:
+            log.debug("direct_request_declined", key=arguments.get("Key"), reason=str(declined))
+            result = through_botocore()
+            sender.carried()
+            return result
+        return {"ETag": answer.get("etag", "")}
 
     # --- objects ------------------------------------------------------------------------------
 
@@ -266,9 +299,14 @@ class S3Store:
 
         def action() -> str:
             def send(conditions: Mapping[str, str]) -> Any:
-                # A fresh body each time: one that was sent (even in part) is spent.
-                call: dict[str, Any] = {**arguments, **conditions, "Body": self._body(data)}
-                return self.client.put_object(**call)
+                call: dict[str, Any] = {**arguments, **conditions}
+                return self._send_write(
+                    call,
+                    data,
+                    lambda sender, body, headers: sender.put_object(key, body, headers),
+                    # A fresh body each time: one that was sent (even in part) is spent.
+                    lambda: self.client.put_object(**call, Body=cast(IO[bytes], self._body(data))),
+                )
 
             answer = self._conditional_write(
                 "PutObject", key, send, only_if_absent=only_if_absent, if_match=if_match
@@ -397,7 +435,16 @@ class S3Store:
             arguments[f"Checksum{S3_ALGORITHM_NAMES[checksum[0]]}"] = checksum[1]
 
         def action() -> str:
-            answer = self.client.upload_part(**arguments, Body=cast(IO[bytes], self._body(data)))
+            answer = self._send_write(
+                arguments,
+                data,
+                lambda sender, body, headers: sender.upload_part(
+                    key, upload_id, number, body, headers
+                ),
+                lambda: self.client.upload_part(
+                    **arguments, Body=cast(IO[bytes], self._body(data))
+                ),
+            )
             return str(answer["ETag"]).strip('"')
 
         return self._call("UploadPart", key, action)
@@ -589,8 +636,20 @@ def store_from_settings(
         extra["StorageClass"] = destination.storage_class
     if destination.acl:
         extra["ACL"] = destination.acl
+    client = make_client(destination, upload)
+    direct = (
+        DirectSender.for_client(
+            client,
+            destination.bucket,
+            connect_timeout=upload.connect_timeout,
+            read_timeout=upload.read_timeout,
+            max_idle=upload.concurrency + 4,
+        )
+        if upload.direct_requests
+        else None
+    )
     return S3Store(
-        make_client(destination, upload),
+        client,
         destination.bucket,
         limiter=TokenBucket(upload.max_bandwidth),
         retries=upload.retries,
@@ -599,4 +658,5 @@ def store_from_settings(
         extra_args=extra,
         stop=stop,
         on_retry=on_retry,
+        direct=direct,
     )

@@ -8,8 +8,13 @@ RSS, and the ratio of each size's CPU per file to the smallest's (the target: wi
 The server runs in this process, so its CPU is not counted as the client's. Needs GNU
 time (/usr/bin/time, Debian's `time` package) for the peak RSS.
 
+With `--peer s5cmd` (the issue's yardstick for files/s), `s5cmd sync` uploads the same tree
+into a bucket of its own right after the agent, measured the same way, and the table gains
+its rows and the agent's files/s as a ratio to it.
+
 Usage: python bench/files_per_session.py [--sizes 1000,10000,100000] [--file-size 4096]
        [--spread] [--concurrency 8] [--profile DIR]   (py-spy flame graph per run)
+       [--peer s5cmd]
 """
 
 from __future__ import annotations
@@ -82,8 +87,9 @@ def measure(
     per_session: int,
     concurrency: int,
     profile: Path | None,
-) -> dict[str, Any]:
-    """Upload one tree of `files` files; return its figures."""
+    peer: str | None = None,
+) -> list[dict[str, Any]]:
+    """Upload one tree of `files` files with the agent (and `peer`); return their figures."""
     name = f"n{files}-per{per_session}"
     source = work / name / "data"
     make_tree(source, files, file_size, per_session)
@@ -106,15 +112,32 @@ def measure(
         spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
         svg = profile / f"{name}.svg"
         command = [spy, "record", "--subprocesses", "-o", str(svg), "--", *command]
-    figures: dict[str, Any] = run_sync(command, dict(os.environ))
-    figures.update(
-        files=files,
-        per_session=per_session,
-        files_per_s=files / figures["wall_s"],
-        cpu_ms_per_file=1000 * figures["cpu_s"] / files,
-    )
+    runs = [("agent", command)]
+    if peer is not None:
+        found = shutil.which(peer) or str(Path(sys.executable).parent / peer)
+        peer_bucket = f"{bucket}-{peer}"
+        boto3.client("s3", endpoint_url=server.url, region_name="us-east-1").create_bucket(
+            Bucket=peer_bucket
+        )
+        runs.append(
+            (
+                peer,
+                [found, "--endpoint-url", server.url, "sync", f"{source}/", f"s3://{peer_bucket}/"],
+            )
+        )
+    rows = []
+    for tool, argv in runs:
+        figures: dict[str, Any] = run_sync(argv, dict(os.environ))
+        figures.update(
+            tool=tool,
+            files=files,
+            per_session=per_session,
+            files_per_s=files / figures["wall_s"],
+            cpu_ms_per_file=1000 * figures["cpu_s"] / files,
+        )
+        rows.append(figures)
     shutil.rmtree(source, ignore_errors=True)
-    return figures
+    return rows
 
 
 def main() -> int:
@@ -125,6 +148,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--spread", action="store_true")
     parser.add_argument("--profile", type=Path)
+    parser.add_argument("--peer", choices=["s5cmd"], default=None)
     arguments = parser.parse_args()
     for variable, value in (
         ("AWS_ACCESS_KEY_ID", "bench"),
@@ -141,7 +165,7 @@ def main() -> int:
         layouts = [max(sizes)] + ([PER_SESSION_WHEN_SPREAD] if arguments.spread else [])
         for per_session in layouts:
             for files in sizes:
-                rows.append(
+                rows.extend(
                     measure(
                         server,
                         work,
@@ -150,29 +174,39 @@ def main() -> int:
                         per_session=min(per_session, files),
                         concurrency=arguments.concurrency,
                         profile=arguments.profile,
+                        peer=arguments.peer,
                     )
                 )
                 server.reset()
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)
-    base: dict[bool, float] = {}
+    base: dict[tuple[str, bool], float] = {}
     print(
         f"{arguments.file_size}-byte files, concurrency {arguments.concurrency}, moto on loopback"
     )
     print(
-        f"{'files':>7} {'per session':>11} {'wall s':>7} {'files/s':>8} {'CPU s':>7} "
-        f"{'CPU ms/file':>11} {'vs smallest':>11} {'RSS MiB':>8}"
+        f"{'tool':>6} {'files':>7} {'per session':>11} {'wall s':>7} {'files/s':>8} "
+        f"{'CPU s':>7} {'CPU ms/file':>11} {'vs smallest':>11} {'RSS MiB':>8} {'agent/peer':>10}"
     )
+    agent_rate: dict[tuple[int, int], float] = {}
     for row in rows:
-        # Each layout (one session, or spread) against its own smallest run.
+        # Each tool and layout (one session, or spread) against its own smallest run.
         spread = bool(row["per_session"] < row["files"])
-        reference = base.setdefault(spread, row["cpu_ms_per_file"])
+        reference = base.setdefault((row["tool"], spread), row["cpu_ms_per_file"])
         row["vs_smallest"] = row["cpu_ms_per_file"] / reference
+        ratio = ""
+        if row["tool"] == "agent":
+            agent_rate[(row["files"], row["per_session"])] = row["files_per_s"]
+        else:
+            row["agent_files_per_s_ratio"] = (
+                agent_rate[(row["files"], row["per_session"])] / row["files_per_s"]
+            )
+            ratio = f"{row['agent_files_per_s_ratio']:.2f}"
         print(
-            f"{row['files']:>7} {row['per_session']:>11} {row['wall_s']:>7.1f} "
+            f"{row['tool']:>6} {row['files']:>7} {row['per_session']:>11} {row['wall_s']:>7.1f} "
             f"{row['files_per_s']:>8.0f} {row['cpu_s']:>7.1f} {row['cpu_ms_per_file']:>11.2f} "
-            f"{row['vs_smallest']:>11.2f} {row['peak_rss_mib']:>8.0f}"
+            f"{row['vs_smallest']:>11.2f} {row['peak_rss_mib']:>8.0f} {ratio:>10}"
         )
     print(json.dumps(rows))
     return 0

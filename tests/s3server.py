@@ -68,6 +68,13 @@ class Request:
     query: dict[str, list[str]]
     status: int | None = None
     at: float = field(default_factory=time.monotonic)
+    # The headers tests look at: If-Match, If-None-Match and User-Agent (lower-case names).
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def direct(self) -> bool:
+        """Whether the agent sent this as a direct request (agent/direct.py), not botocore."""
+        return "direct" in self.headers.get("user-agent", "")
 
     @property
     def part_number(self) -> int | None:
@@ -84,6 +91,8 @@ class Fault:
     status: int
     code: str
     times: int
+    # Only requests this accepts get the fault (None: every request of the operation).
+    only: Callable[[Request], bool] | None = None
 
 
 @dataclass
@@ -192,6 +201,9 @@ class S3TestServer:
         query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
         operation = operation_of(method, path, query)
         request = Request(operation, path, query)
+        for name in ("HTTP_IF_MATCH", "HTTP_IF_NONE_MATCH", "HTTP_USER_AGENT"):
+            if name in environ:
+                request.headers[name[5:].lower().replace("_", "-")] = str(environ[name])
         environ["wsgi.input"] = _CountingInput(environ["wsgi.input"], self)
         if operation in self.hanging:
             with self._lock:
@@ -201,8 +213,13 @@ class S3TestServer:
         with self._lock:
             self.requests.append(request)
             for fault in self.faults:
-                if fault.operation == operation and fault.times > 0:
+                if (
+                    fault.operation == operation
+                    and fault.times > 0
+                    and (fault.only is None or fault.only(request))
+                ):
                     fault.times -= 1
+                    request.status = fault.status
                     return self._error(start_response, fault.status, fault.code)
             kill = None
             for candidate in self.kills:

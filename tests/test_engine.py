@@ -283,19 +283,16 @@ def changed_on_disk(bench: Bench, rel_path: str, data: bytes) -> FileRecord:
     return record
 
 
-def conditions_sent(store: S3Store) -> list[tuple[str, dict[str, str]]]:
-    """Every PutObject and CompleteMultipartUpload the store sends from now on, with its
-    If-Match / If-None-Match parameters, in order."""
-    sent: list[tuple[str, dict[str, str]]] = []
-
-    def note(params: dict[str, Any], model: Any, **_: Any) -> None:
-        if model.name in ("PutObject", "CompleteMultipartUpload"):
-            names = ("IfMatch", "IfNoneMatch")
-            found = {name: str(params[name]) for name in names if name in params}
-            sent.append((str(model.name), found))
-
-    store.client.meta.events.register("provide-client-params.s3", note)
-    return sent
+def conditions_sent(s3: S3TestServer, since: int) -> list[tuple[str, dict[str, str]]]:
+    """Every PutObject and CompleteMultipartUpload the server received after its first
+    `since` requests, with the If-Match / If-None-Match headers it carried, in order: what
+    went over the wire, whether botocore or a direct request (agent/direct.py) sent it."""
+    names = {"if-match": "IfMatch", "if-none-match": "IfNoneMatch"}
+    return [
+        (request.operation, {names[h]: v for h, v in request.headers.items() if h in names})
+        for request in s3.requests[since:]
+        if request.operation in ("PutObject", "CompleteMultipartUpload")
+    ]
 
 
 @pytest.mark.parametrize("size", SIZES.values(), ids=SIZES.keys())
@@ -307,13 +304,14 @@ def test_a_changed_file_replaces_only_the_object_it_recorded(
     earlier_etag = bench.ledger.files[(SESSION_ID, "data.bin")].etag
     new = os.urandom(size)
     changed_on_disk(bench, "data.bin", new)
-    sent = conditions_sent(bench.store)
+    since = len(s3.requests)
 
     outcome = bench.uploader().upload_session(bench.session())
 
     assert outcome.complete, outcome
     assert bench.object_bytes(record.key) == new
     operation = "PutObject" if size == SIZES["single-put"] else "CompleteMultipartUpload"
+    sent = conditions_sent(s3, since)
     assert (operation, {"IfMatch": f'"{earlier_etag}"'}) in sent, sent
 
 
@@ -332,7 +330,7 @@ def test_a_changed_file_does_not_replace_another_writers_object(
     bench.client.put_object(Bucket=bench.bucket, Key=record.key, Body=theirs)
     changed_on_disk(bench, "data.bin", os.urandom(size))
     bench.ledger.manifests.clear()
-    sent = conditions_sent(bench.store)
+    since = len(s3.requests)
     multipart = size == SIZES["multipart"]
     if multipart:
         s3.faults.append(Fault("CompleteMultipartUpload", 412, "PreconditionFailed", 1))
@@ -341,6 +339,7 @@ def test_a_changed_file_does_not_replace_another_writers_object(
 
     assert_refused(bench, outcome, record, theirs)
     operation = "CompleteMultipartUpload" if multipart else "PutObject"
+    sent = conditions_sent(s3, since)
     assert sent[0] == (operation, {"IfMatch": f'"{earlier_etag}"'}), sent
 
 
@@ -355,12 +354,13 @@ def test_a_changed_file_whose_object_was_deleted_is_written_as_new(
     bench.client.delete_object(Bucket=bench.bucket, Key=record.key)
     new = os.urandom(SIZES["single-put"])
     changed_on_disk(bench, "data.bin", new)
-    sent = conditions_sent(bench.store)
+    since = len(s3.requests)
 
     outcome = bench.uploader().upload_session(bench.session())
 
     assert outcome.complete, outcome
     assert bench.object_bytes(record.key) == new
+    sent = conditions_sent(s3, since)
     puts = [found for operation, found in sent if operation == "PutObject"]
     assert puts[:2] == [{"IfMatch": f'"{earlier_etag}"'}, {"IfNoneMatch": "*"}], sent
 

@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "config_values",
     ),
     # 1. one module (or package) per outside system
-    ("config", "scan", "lock", "logs", "notify", "state", "transfer", "watch"),
+    ("config", "scan", "lock", "logs", "notify", "state", "transfer", "direct", "watch"),
     # 2. the engine and what reads or judges through the adapters
     ("health", "engine", "upload", "observe", "verify", "hooks", "progress", "fleet"),
     # 3. use of the engine and observation together; the one status report
@@ -43,7 +43,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
 # Outside libraries and the only top-level modules (or packages) that may import them.
 OWNERS = {
     "boto3": {"transfer", "fleet", "doctor", "demo"},
-    "botocore": {"transfer", "s3errors", "fleet", "doctor", "cli_output"},
+    "botocore": {"transfer", "direct", "s3errors", "fleet", "doctor", "cli_output"},
     "sqlite_utils": {"state"},
     "sqlite3": {"state", "actions"},
     "watchdog": {"watch"},

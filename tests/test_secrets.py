@@ -46,7 +46,8 @@ def test_planted_credentials_appear_nowhere(
     (session / "a.bin").write_bytes(os.urandom(7 * 1024 * 1024))  # multipart
     (session / "b.txt").write_text("notes")
     # Failures first (retried, then a failed session with its error recorded), then success.
-    s3.faults.append(Fault("PutObject", 403, "AccessDenied", 1))
+    # Twice: a 403 to a direct request is asked again through botocore (agent/direct.py).
+    s3.faults.append(Fault("PutObject", 403, "AccessDenied", 2))
     s3.faults.append(Fault("UploadPart", 503, "SlowDown", 3))
     outputs: list[bytes] = []
     daemon = subprocess.Popen(
