@@ -8,12 +8,15 @@ is one SigV4 signature computed by awscrt (C), one `http.client` request on a co
 kept alive for the next, and the status line and headers read back: about a third of that.
 
 Only the answer the agent expects is handled here. Anything else is handed back:
-- a 2xx returns its headers;
-- 5xx, 429, 412, 404 and 501 become the `botocore.exceptions.ClientError` botocore would have
-  raised, so `agent.s3errors` and the conditional-write policy see what they always saw;
+- a 2xx with its ETag returns its headers;
+- an error answer that is the server's verdict on the request (5xx, 429, 412, 501,
+  NoSuchUpload, NoSuchKey, any 4xx with S3's XML <Code> but those in `_DECLINED_CODES`) becomes the
+  `botocore.exceptions.ClientError` botocore would have raised, so `agent.s3errors` and the
+  conditional-write policy see what they always saw;
 - a timeout is raised as it is (retryable, as botocore's would be);
-- any other answer (a redirect, a 4xx such as a signature or region refusal) and any other
-  failure of the connection raise `Declined`, and the caller sends the same request through
+- any other answer (a 1xx or 3xx, a refusal this module may have caused: a signature, a
+  header, access) and any other failure of the connection raise `Declined`, and the caller
+  sends the same request through
   botocore, whose answer is then the one that counts. After `DECLINES_BEFORE_OFF` declines
   in a row that botocore then carried, direct requests are turned off for the process and
   that is said once: a proxy, a certificate or a server this module does not understand
@@ -24,6 +27,7 @@ Set `[upload] direct_requests = false` to send everything through botocore.
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import os
 import queue
@@ -33,6 +37,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from xml.etree import ElementTree
 
@@ -52,10 +57,22 @@ log = structlog.get_logger("agent.direct")
 
 USER_AGENT = f"ingest-agent/{__version__} direct"
 DECLINES_BEFORE_OFF = 5
-# Answers turned into botocore's ClientError here rather than asked again: the server's
-# verdict on the request itself (retry later, condition failed, no such upload, feature
-# missing), which botocore would receive identically.
-_ANSWERED_STATUSES = frozenset({404, 412, 429, 501})
+# Refusals that may be this module's own doing (its signature, its headers, its view of the
+# endpoint): botocore is asked the same, and its answer counts. Any other error answer with
+# S3's XML <Code> is the server's verdict on the request, which botocore would receive as is.
+_DECLINED_CODES = frozenset(
+    {
+        "SignatureDoesNotMatch",
+        "AuthorizationHeaderMalformed",
+        "IncompleteSignature",
+        "InvalidAccessKeyId",
+        "MissingSecurityHeader",
+        "XAmzContentSHA256Mismatch",
+        "InvalidRequest",
+        "InvalidArgument",
+        "AccessDenied",
+    }
+)
 _SEND_BLOCK = 1024 * 1024
 # botocore's keyword arguments for PutObject and UploadPart that map to one request header.
 _HEADER_ARGUMENTS = {
@@ -75,6 +92,9 @@ _CARRIED_ARGUMENTS = frozenset({"Bucket", "Key", "UploadId", "PartNumber", "Cont
 class Declined(Exception):  # noqa: N818 - a hand-over, not a failure
     """This request is for botocore to send: the direct one failed in a way only botocore
     can judge (a dropped connection, a redirect, an unexpected refusal)."""
+
+
+BodyOf = Callable[[bytes], ThrottledBody]
 
 
 class _StaleConnectionError(Exception):
@@ -140,8 +160,9 @@ def client_error(
         except ElementTree.ParseError:
             pass
         else:
-            code = root.findtext("Code") or code
-            message = root.findtext("Message") or message
+            # "{*}": in S3's namespace or none (servers differ; botocore strips it too).
+            code = root.findtext("{*}Code") or code
+            message = root.findtext("{*}Message") or message
     response: Any = {
         "Error": {"Code": code, "Message": message},
         "ResponseMetadata": {"HTTPStatusCode": status, "HTTPHeaders": dict(headers)},
@@ -162,6 +183,7 @@ class DirectSender:
         read_timeout: float,
         max_idle: int,
         ssl_context: ssl.SSLContext | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.target = target
         self.region = region
@@ -170,9 +192,12 @@ class DirectSender:
         self._read_timeout = read_timeout
         self._ssl_context = ssl_context
         self._idle: queue.LifoQueue[http.client.HTTPConnection] = queue.LifoQueue(max_idle)
+        self._now = now
         self._lock = threading.Lock()
         self._signing: tuple[tuple[str, str, str | None], auth.AwsSigningConfig] | None = None
-        self._declines = 0
+        # Declines in a row that botocore then carried, per operation: one operation the
+        # server refuses must not be hidden by the other's successes.
+        self._declines: dict[str, int] = {}
         self.enabled = True
 
     # --- building one ---------------------------------------------------------------------
@@ -210,9 +235,14 @@ class DirectSender:
             if verify is False:
                 log.debug("direct_requests_unused", reason="TLS verification is off")
                 return None
-            context = ssl.create_default_context(
-                cafile=verify if isinstance(verify, str) else _default_ca_bundle()
-            )
+            try:
+                context = ssl.create_default_context(
+                    cafile=verify if isinstance(verify, str) else _default_ca_bundle()
+                )
+            except (OSError, ssl.SSLError) as error:
+                # botocore reports it on every request, as it always did: the daemon stays up.
+                log.debug("direct_requests_unused", reason=f"CA bundle: {error}")
+                return None
         signer_credentials = client._request_signer._credentials  # type: ignore[attr-defined]
 
         def credentials() -> tuple[str, str, str | None]:
@@ -232,36 +262,41 @@ class DirectSender:
     # --- the requests -----------------------------------------------------------------------
 
     def put_object(
-        self, key: str, body: ThrottledBody, headers: Mapping[str, str]
+        self, key: str, data: bytes, headers: Mapping[str, str], *, body: BodyOf
     ) -> Mapping[str, str]:
-        """PUT `body` at `key`; return the answer's headers (lower-case names)."""
-        return self._send("PutObject", self._path(key), body, headers)
+        """PUT `data` (read through `body(data)`) at `key`; return the answer's headers
+        (lower-case names)."""
+        return self._send("PutObject", self._path(key), data, headers, body)
 
     def upload_part(
         self,
         key: str,
         upload_id: str,
         number: int,
-        body: ThrottledBody,
+        data: bytes,
         headers: Mapping[str, str],
+        *,
+        body: BodyOf,
     ) -> Mapping[str, str]:
-        """Send part `number` of `upload_id`; return the answer's headers."""
+        """Send `data` as part `number` of `upload_id`; return the answer's headers."""
         query = urllib.parse.urlencode(
             {"partNumber": str(number), "uploadId": upload_id}, quote_via=urllib.parse.quote
         )
-        return self._send("UploadPart", f"{self._path(key)}?{query}", body, headers)
+        return self._send("UploadPart", f"{self._path(key)}?{query}", data, headers, body)
 
-    def carried(self) -> None:
-        """botocore carried a request this sender declined: one more toward turning off."""
+    def carried(self, operation: str) -> None:
+        """botocore carried a request of `operation` this sender declined: one more toward
+        turning off."""
         with self._lock:
-            self._declines += 1
-            off = self.enabled and self._declines >= DECLINES_BEFORE_OFF
+            count = self._declines[operation] = self._declines.get(operation, 0) + 1
+            off = self.enabled and count >= DECLINES_BEFORE_OFF
             if off:
                 self.enabled = False
         if off:
             log.warning(
                 "direct_requests_off",
-                declines=self._declines,
+                operation=operation,
+                declines=count,
                 action="direct requests kept failing where botocore succeeded: every request "
                 "goes through botocore from now on (slower, nothing else changes); set "
                 "[upload] direct_requests = false to skip them from the start",
@@ -269,7 +304,7 @@ class DirectSender:
             self.close()
 
     def close(self) -> None:
-        """Close every idle connection."""
+        """Close every idle connection (one in use is closed when its request ends)."""
         while True:
             try:
                 self._idle.get_nowait().close()
@@ -280,31 +315,57 @@ class DirectSender:
         return self.target.base_path + quote_key(key)
 
     def _send(
-        self, operation: str, path: str, body: ThrottledBody, extra: Mapping[str, str]
+        self,
+        operation: str,
+        path: str,
+        data: bytes,
+        extra: Mapping[str, str],
+        body: BodyOf,
     ) -> Mapping[str, str]:
         headers = crt_http.HttpHeaders(
             [
                 ("Host", self.target.netloc),
-                ("Content-Length", str(len(body))),
+                ("Content-Length", str(len(data))),
                 ("User-Agent", USER_AGENT),
                 *extra.items(),
             ]
         )
         request = crt_http.HttpRequest("PUT", path, headers)
-        auth.aws_sign_request(request, self._signing_config()).result()
+        self.sign(request, data, extra)
         try:
-            status, reason, answer, text = self._attempt(request, body, fresh=False)
+            status, reason, answer, text = self._attempt(request, body(data), fresh=False)
         except _StaleConnectionError:
-            # A kept-alive connection the server has since closed: once more on a new one.
-            body.seek(0)
-            status, reason, answer, text = self._attempt(request, body, fresh=True)
-        if 200 <= status < 300:
+            # A kept-alive connection the server has since closed: once more on a new one,
+            # with a new body, paid again (the bytes go out again).
+            status, reason, answer, text = self._attempt(request, body(data), fresh=True)
+        if 200 <= status < 300 and answer.get("etag"):
             with self._lock:
-                self._declines = 0
+                self._declines[operation] = 0
             return answer
-        if status >= 500 or status in _ANSWERED_STATUSES:
-            raise client_error(status, reason, answer, text, operation)
-        raise Declined(f"HTTP {status} {reason}")
+        verdict = self._verdict(status, reason, answer, text, operation)
+        if verdict is None:
+            raise Declined(f"HTTP {status} {reason}")
+        raise verdict
+
+    @staticmethod
+    def _verdict(
+        status: int, reason: str, answer: Mapping[str, str], text: bytes, operation: str
+    ) -> botocore.exceptions.ClientError | None:
+        """The server's verdict on a request that did not succeed, as botocore's ClientError,
+        or None where botocore must be asked (a 1xx or 3xx, a 2xx without an ETag, a refusal
+        this module may have caused, a 404 other than NoSuchUpload or NoSuchKey (an If-Match
+        with no object), an unreadable 4xx)."""
+        if status < 400:
+            return None
+        error = client_error(status, reason, answer, text, operation)
+        if status >= 500 or status in (412, 429, 501):
+            return error
+        code = error.response["Error"]["Code"]
+        if code == str(status) or code in _DECLINED_CODES:
+            return None
+        if status == 404 and code not in ("NoSuchUpload", "NoSuchKey"):
+            return None  # NoSuchBucket: the bucket, or this module's view of the endpoint
+        return error
 
     def _attempt(
         self, request: crt_http.HttpRequest, body: ThrottledBody, *, fresh: bool
@@ -334,8 +395,9 @@ class DirectSender:
         self, connection: http.client.HTTPConnection, request: crt_http.HttpRequest, body: Any
     ) -> tuple[int, str, dict[str, str], bytes]:
         """Send the signed request with its body; return status, reason, headers and body.
-        The connection goes back to the idle pool only when its answer was read whole and
-        the server keeps it open."""
+        The connection goes back to the idle pool only after a success read whole, which
+        the server keeps open, while direct requests are on; any other answer (a 1xx that
+        is not 100 may be followed by the real one) closes it."""
         connection.putrequest("PUT", request.path, skip_host=True, skip_accept_encoding=True)
         for name, value in request.headers:
             connection.putheader(name, value)
@@ -345,13 +407,13 @@ class DirectSender:
         response = connection.getresponse()
         text = response.read()
         answer = {name.lower(): value for name, value in response.getheaders()}
-        if response.will_close:
-            connection.close()
-        else:
+        if 200 <= response.status < 300 and not response.will_close and self.enabled:
             try:
                 self._idle.put_nowait(connection)
             except queue.Full:
                 connection.close()
+        else:
+            connection.close()
         return response.status, response.reason, answer, text
 
     def _connection(self, fresh: bool = False) -> tuple[http.client.HTTPConnection, bool]:
@@ -374,6 +436,26 @@ class DirectSender:
             connection.sock.settimeout(self._read_timeout)
         return connection, False
 
+    def sign(self, request: crt_http.HttpRequest, data: bytes, extra: Mapping[str, str]) -> None:
+        """Sign `request` for now. The body is left unsigned (UNSIGNED-PAYLOAD) when a
+        checksum header the server verifies covers it, as botocore does over https: signing
+        it would read every byte once more. Without one (`server_checksums = false`), its
+        SHA-256 is signed, so the server still checks the bytes."""
+        covered = any(
+            name.lower().startswith("x-amz-checksum-") or name.lower() == "content-md5"
+            for name in extra
+        )
+        config = self._signing_config().replace(
+            # awscrt takes the time when a config is made, not when it signs with it.
+            date=self._now(),
+            signed_body_value=(
+                auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD
+                if covered
+                else hashlib.sha256(data).hexdigest()
+            ),
+        )
+        auth.aws_sign_request(request, config).result()
+
     def _signing_config(self) -> auth.AwsSigningConfig:
         """The signing settings for the current credentials (refreshed ones get new ones)."""
         current = self._credentials()
@@ -387,8 +469,6 @@ class DirectSender:
             credentials_provider=provider,
             region=self.region,
             service="s3",
-            # The body is covered by the checksum header the server verifies, as botocore
-            # does over https; signing it would read every byte once more.
             signed_body_value=auth.AwsSignedBodyValue.UNSIGNED_PAYLOAD,
             signed_body_header_type=auth.AwsSignedBodyHeaderType.X_AMZ_CONTENT_SHA_256,
             use_double_uri_encode=False,

@@ -90,13 +90,7 @@ def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3C
         max_pool_connections=upload.concurrency + 4,
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        # The body is covered by the checksum header the server verifies (Content-MD5 or
-        # x-amz-checksum-*), as botocore already does over https: signing it too would read
-        # every byte once more over plain http. agent/direct.py signs the same way.
-        s3={
-            "payload_signing_enabled": False,
-            **({"addressing_style": "path"} if destination.endpoint_url else {}),
-        },
+        s3={"addressing_style": "path"} if destination.endpoint_url else None,
         user_agent_extra="ingest-agent",
     )
     client: S3Client = session.client(
@@ -188,9 +182,10 @@ class S3Store:
 
     def _send_write(
         self,
+        operation: str,
         arguments: Mapping[str, Any],
         data: bytes,
-        direct: Callable[[DirectSender, ThrottledBody, Mapping[str, str]], Mapping[str, str]],
+        direct: Callable[[DirectSender, Mapping[str, str]], Mapping[str, str]],
         through_botocore: Callable[[], Any],
     ) -> Any:
         """Send a PutObject or UploadPart (`arguments`, body `data`) as a direct request
@@ -202,11 +197,11 @@ class S3Store:
         if sender is None or headers is None:
             return through_botocore()
         try:
-            answer = direct(sender, self._body(data), headers)
+            answer = direct(sender, headers)
         except Declined as declined:
             log.debug("direct_request_declined", key=arguments.get("Key"), reason=str(declined))
             result = through_botocore()
-            sender.carried()
+            sender.carried(operation)
             return result
         return {"ETag": answer.get("etag", "")}
 
@@ -301,9 +296,10 @@ class S3Store:
             def send(conditions: Mapping[str, str]) -> Any:
                 call: dict[str, Any] = {**arguments, **conditions}
                 return self._send_write(
+                    "PutObject",
                     call,
                     data,
-                    lambda sender, body, headers: sender.put_object(key, body, headers),
+                    lambda sender, headers: sender.put_object(key, data, headers, body=self._body),
                     # A fresh body each time: one that was sent (even in part) is spent.
                     lambda: self.client.put_object(**call, Body=cast(IO[bytes], self._body(data))),
                 )
@@ -436,10 +432,11 @@ class S3Store:
 
         def action() -> str:
             answer = self._send_write(
+                "UploadPart",
                 arguments,
                 data,
-                lambda sender, body, headers: sender.upload_part(
-                    key, upload_id, number, body, headers
+                lambda sender, headers: sender.upload_part(
+                    key, upload_id, number, data, headers, body=self._body
                 ),
                 lambda: self.client.upload_part(
                     **arguments, Body=cast(IO[bytes], self._body(data))

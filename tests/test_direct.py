@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,9 +16,10 @@ from typing import Any
 import pytest
 import structlog
 
-from agent.direct import DECLINES_BEFORE_OFF
+from agent.direct import DECLINES_BEFORE_OFF, Declined, DirectSender, Target
 from agent.errors import PermanentTransferError, RetryableTransferError
 from agent.s3errors import PreconditionFailedError
+from agent.throttle import ThrottledBody, TokenBucket
 from agent.transfer import S3Store, store_from_settings
 from tests.chaos_proxy import ChaosProxy
 from tests.conftest import Rig
@@ -84,8 +88,8 @@ def test_direct_requests_off_sends_everything_through_botocore(
 
 def test_server_errors_meet_the_same_policy(make_rig: Callable[..., Rig], s3: S3TestServer) -> None:
     """A 503 is retried as before (no request sent twice for it); a 412 is a refused
-    condition; a refusal the direct path cannot judge (403) is asked again through botocore,
-    and botocore's answer is the verdict."""
+    condition; a 400 RequestTimeout is retried with backoff; a refusal the direct path may
+    have caused (403) is asked again through botocore, and botocore's answer is the verdict."""
     store = store_of(make_rig())
     s3.faults.append(Fault("PutObject", 503, "SlowDown", 2))
     assert store.put("k/retried", b"x" * 10, metadata={})
@@ -96,6 +100,11 @@ def test_server_errors_meet_the_same_policy(make_rig: Callable[..., Rig], s3: S3
     with pytest.raises(PreconditionFailedError):
         store.put("k/retried", b"y" * 10, metadata={}, only_if_absent=True)
     assert [(r.status, r.direct) for r in writes(s3)] == [(412, True)]
+
+    s3.reset()
+    s3.faults.append(Fault("PutObject", 400, "RequestTimeout", 1))
+    store.put("k/slow", b"s" * 10, metadata={})
+    assert [(r.status, r.direct) for r in writes(s3)] == [(400, True), (200, True)]
 
     s3.reset()
     s3.faults.append(Fault("PutObject", 403, "AccessDenied", 2))
@@ -153,6 +162,8 @@ def test_connections_are_kept_and_one_closed_while_idle_is_replaced(
     store.put("k/after-idle", b"2" * 10, metadata={})
 
     assert client.get_object(Bucket=rig.bucket, Key="k/after-idle")["Body"].read() == b"2" * 10
+    # The bytes sent on the closed connection and again on the new one are both paid for.
+    assert store.limiter.taken == 3 * 10 + 2 * 10
     assert len(writes(s3)) == 4
     assert all(r.direct for r in writes(s3))
     assert store.direct.enabled
@@ -172,3 +183,92 @@ def test_a_timeout_is_retried_not_asked_again_through_botocore(
         store.put("k/hung", b"h" * 10, metadata={})
 
     assert [r.direct for r in writes(s3)] == [True]
+
+
+def test_one_operation_declined_throughout_is_not_hidden_by_the_others_successes(
+    make_rig: Callable[..., Rig], s3: S3TestServer
+) -> None:
+    store = store_of(make_rig())
+    upload_id = store.create_multipart("k/big", metadata={}, checksum_algorithm=None)
+    s3.faults.append(Fault("UploadPart", 400, "InvalidRequest", 1000, only=is_direct))
+
+    with structlog.testing.capture_logs() as logs:
+        for number in range(1, DECLINES_BEFORE_OFF + 2):
+            store.put(f"k/small-{number}", b"s" * 10, metadata={})
+            store.upload_part("k/big", upload_id, number, b"p" * 10, None)
+
+    assert [e.get("operation") for e in logs if e["event"] == "direct_requests_off"] == [
+        "UploadPart"
+    ]
+    parts = [r for r in writes(s3) if r.operation == "UploadPart"]
+    assert sum(r.direct for r in parts) == DECLINES_BEFORE_OFF
+    assert len(parts) == 2 * DECLINES_BEFORE_OFF + 1
+
+
+class ScriptedServer:
+    """A loopback server answering each request with the next of `answers` (raw HTTP), then
+    closing the connection: the answers moto never gives."""
+
+    def __init__(self, answers: list[bytes]) -> None:
+        self.answers = list(answers)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = int(self.listener.getsockname()[1])
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        while self.answers:
+            try:
+                connection, _ = self.listener.accept()
+            except OSError:
+                return
+            with connection:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += connection.recv(65536)
+                length = int(re.search(rb"(?i)content-length: *(\d+)", head)[1])  # type: ignore[index]
+                body = head.split(b"\r\n\r\n", 1)[1]
+                while len(body) < length:
+                    body += connection.recv(65536)
+                connection.sendall(self.answers.pop(0))
+                time.sleep(0.3)
+
+    def stop(self) -> None:
+        self.answers.clear()
+        self.listener.close()
+        self.thread.join(5)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        # An early 1xx (not 100): http.client hands it back as the answer; the real one
+        # follows on the same socket and must not become the next request's answer.
+        b'HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nETag: "x"\r\n'
+        b"Content-Length: 0\r\n\r\n",
+        # A success without an ETag: nothing to record as the object's.
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+        # A redirect (a bucket in another region).
+        b"HTTP/1.1 301 Moved Permanently\r\nContent-Length: 0\r\n\r\n",
+    ],
+    ids=["early-hints", "no-etag", "redirect"],
+)
+def test_answers_this_module_cannot_judge_are_declined_and_not_kept(answer: bytes) -> None:
+    server = ScriptedServer([answer])
+    sender = DirectSender(
+        Target("http", f"127.0.0.1:{server.port}", "/bucket/"),
+        "us-east-1",
+        lambda: ("AKIDEXAMPLE", "secret", None),
+        connect_timeout=2,
+        read_timeout=2,
+        max_idle=2,
+    )
+    try:
+        with pytest.raises(Declined):
+            sender.put_object(
+                "k", b"data", {}, body=lambda data: ThrottledBody(data, TokenBucket(0))
+            )
+        # Only a connection whose answer was a whole success is used again.
+        assert sender._idle.qsize() == (1 if answer.startswith(b"HTTP/1.1 200") else 0)
+    finally:
+        server.stop()

@@ -4,17 +4,20 @@ errors it hands to the taxonomy, and where it refuses to be used."""
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
 import pytest
+from awscrt import http as crt_http
 from botocore.config import Config
 from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.direct import DirectSender, Target, client_error, headers_for, quote_key
-from agent.errors import RetryableTransferError
+from agent.errors import NoSuchUploadError, RetryableTransferError
 from agent.s3errors import PreconditionFailedError, classify_error
 
 ODD_KEYS = [
@@ -134,3 +137,62 @@ def test_no_sender_where_it_would_not_send_what_botocore_sends(
         verify=False,
     )
     assert sender(unverified) is None
+
+
+def path_sender(now: Any = None, **config: Any) -> DirectSender:
+    s3 = client("http://127.0.0.1:9", s3={"addressing_style": "path"}, **config)
+    sender = DirectSender.for_client(s3, "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
+    assert sender is not None
+    if now is not None:
+        sender._now = now
+    return sender
+
+
+def signed(sender: DirectSender, data: bytes, extra: dict[str, str]) -> dict[str, str]:
+    request = crt_http.HttpRequest("PUT", "/bucket/k", crt_http.HttpHeaders([("Host", "h")]))
+    sender.sign(request, data, extra)
+    return {name.lower(): value for name, value in request.headers}
+
+
+def test_every_request_is_signed_at_its_own_time() -> None:
+    """awscrt fixes a signing config's time when the config is made: a sender that kept
+    one would sign every request of a long-running daemon with its start time, and S3
+    refuses requests signed more than 15 minutes ago (RequestTimeTooSkewed)."""
+    times = iter(
+        [datetime(2026, 12, 5, 10, 0, 0, tzinfo=UTC), datetime(2026, 12, 5, 11, 30, 0, tzinfo=UTC)]
+    )
+    sender = path_sender(now=lambda: next(times))
+    first = signed(sender, b"x", {"x-amz-checksum-crc32c": "AAAAAA=="})
+    second = signed(sender, b"x", {"x-amz-checksum-crc32c": "AAAAAA=="})
+    assert first["x-amz-date"] == "20261205T100000Z"
+    assert second["x-amz-date"] == "20261205T113000Z"
+
+
+def test_the_body_is_signed_unless_a_checksum_header_covers_it() -> None:
+    sender = path_sender()
+    data = b"bytes the server must check"
+    covered = signed(sender, data, {"x-amz-checksum-crc32c": "AAAAAA=="})
+    assert covered["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    # server_checksums = false: no checksum header, so the signature carries the SHA-256.
+    bare = signed(sender, data, {"Content-Type": "application/octet-stream"})
+    assert bare["x-amz-content-sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_a_ca_bundle_that_cannot_be_read_leaves_the_requests_to_botocore() -> None:
+    s3 = boto3.client(
+        "s3",
+        region_name="eu-west-1",
+        aws_access_key_id="AKIDEXAMPLE",
+        aws_secret_access_key="secret",
+        verify="/nonexistent/ca-bundle.pem",
+    )
+    assert DirectSender.for_client(s3, "b", connect_timeout=1, read_timeout=1, max_idle=1) is None
+
+
+def test_an_error_in_s3s_namespace_keeps_its_code() -> None:
+    body = (
+        b'<Error xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Code>NoSuchUpload</Code>'
+        b"<Message>gone</Message></Error>"
+    )
+    error = client_error(404, "Not Found", {}, body, "UploadPart")
+    assert isinstance(classify_error(error, "UploadPart", "k"), NoSuchUploadError)
