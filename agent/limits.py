@@ -26,6 +26,7 @@ class Limits:
         self.clock = clock
         self.limit: Limit | None = None
         self.paused_by: str | None = None
+        self._flagged: bool | None = None
 
     def apply(
         self,
@@ -35,9 +36,12 @@ class Limits:
         stop: threading.Event,
         halt: threading.Event,
         on_resume: Callable[[], None],
+        read_flag: bool = True,
     ) -> None:
         """Set the rate for the window in force; set `halt` while paused or stopping and
-        clear it otherwise; call `on_resume` when a pause ends."""
+        clear it otherwise; call `on_resume` when a pause ends. The pause flag (`agentctl
+        pause`) is read again only with `read_flag` (the caller knows when another process
+        wrote); otherwise the last value read stands."""
         limit = limit_at(self.upload.windows, self.upload.max_bandwidth, datetime.now())
         if limit != self.limit:
             bucket.set_rate(limit.max_bandwidth)
@@ -48,7 +52,9 @@ class Limits:
                 window=limit.window,
             )
             self.limit = limit
-        paused_by = limit.paused_by(state.control.flag(PAUSED_FLAG) is not None)
+        if read_flag or self._flagged is None:
+            self._flagged = state.control.flag(PAUSED_FLAG) is not None
+        paused_by = limit.paused_by(self._flagged)
         if paused_by != self.paused_by:
             if paused_by:
                 log.info("uploads_paused", by=paused_by)

@@ -321,16 +321,20 @@ class Observer:
         if self.state.control.flag(REFUSED_FLAG) != text:
             self.state.control.set_flag(REFUSED_FLAG, text, self.clock())
 
-    def recheck_waiting(self) -> None:
+    def recheck_waiting(self) -> bool:
         """Re-scan waiting sessions whose time-based rule may now hold (the time their last
-        verdict named has come). Sessions waiting for a marker or a required file are not
-        polled: an event or the next reconcile brings them back."""
+        verdict named has come); return whether there were any. Sessions waiting for a
+        marker or a required file are not polled: an event or the next reconcile brings
+        them back."""
+        observed = False
         for record in self.state.sessions.to_recheck(self.clock()):
             try:
                 source = self.settings.source(record.source)
             except KeyError:
                 continue
             self.observe(source, record.rel_path)
+            observed = True
+        return observed
 
     # --- uploading ----------------------------------------------------------------------------
 

@@ -195,7 +195,7 @@ class Daemon:
                 on_disk_trouble=self.disk.hand_over,
             )
             self.worker = worker
-            self._apply_limits(state, store)
+            self._apply_limits(state, store, read_flag=True)
             line = self.vitals.status_line(state, store.limiter.taken, self.limits.paused_by)
             # The last write before the uploader starts: a full disk here starts over
             # (run()) with no uploader thread left behind.
@@ -264,7 +264,7 @@ class Daemon:
         self.metrics.retry(error)
         log_retry(error, attempt, delay)
 
-    def _apply_limits(self, state: State, store: S3Store) -> None:
+    def _apply_limits(self, state: State, store: S3Store, *, read_flag: bool) -> None:
         worker = self.worker
         self.limits.apply(
             state,
@@ -272,6 +272,7 @@ class Daemon:
             stop=self.stop,
             halt=self.halt,
             on_resume=worker.wake if worker is not None else lambda: None,
+            read_flag=read_flag,
         )
 
     def _serve_requests(self, state: State) -> None:
@@ -343,8 +344,12 @@ class Daemon:
                 if self._reload_asked.is_set():
                     self._reload_asked.clear()
                     answer_reload(self.settings)
-                self._apply_limits(state, store)
-                self._serve_requests(state)
+                # What only other processes write (pause, retry, requests) is read again
+                # only when one has written: an idle tick costs a pragma, not four queries.
+                elsewhere = state.changed_elsewhere()
+                self._apply_limits(state, store, read_flag=elsewhere)
+                if elsewhere:
+                    self._serve_requests(state)
                 if now >= next_beat:
                     line = self.vitals.status_line(
                         state, store.limiter.taken, self.limits.paused_by
@@ -355,8 +360,10 @@ class Daemon:
                     self._publish_modes(state, watcher)
                     next_beat = now + self.settings.agent.heartbeat_interval
                 self.metrics.tick(now)
+                observed = elsewhere
                 for source_name, rel_path in self._take_hints():
                     ingest.observe(self.settings.source(source_name), rel_path)
+                    observed = True
                 if not watcher.healthy() and not watcher_died:
                     watcher_died = True
                     log.error("watcher_died", hint="rescanning every rescan_interval; restart me")
@@ -367,8 +374,11 @@ class Daemon:
                 if now >= next_rescan:
                     ingest.reconcile(reconcile_tick)
                     next_rescan = now + self.settings.agent.rescan_interval
-                ingest.recheck_waiting()
-                if ingest.due_sessions() and self.worker is not None:
+                    observed = True
+                observed = ingest.recheck_waiting() or observed
+                # The worker looks for due sessions every IDLE_WAIT seconds on its own; this
+                # wakes it at once when something may have become due.
+                if observed and self.worker is not None and ingest.due_sessions():
                     self.worker.wake()
             except StateDiskError as error:
                 self.disk.enter(error, now)

@@ -60,3 +60,17 @@ def test_errors_are_sorted_by_what_helps(tmp_path: Path, message: str, kind: typ
     damaged file: set it aside; a lock: neither."""
     found = problem(tmp_path / "state.db", sqlite3.OperationalError(message))
     assert type(found) is kind, found
+
+
+def test_changed_elsewhere_sees_other_processes_writes_and_not_its_own(tmp_path: Path) -> None:
+    """The daemon reads what only `agentctl` writes (pause, retry, requests) again only when
+    this says another connection committed: its own writes must not count, theirs must."""
+    path = tmp_path / "state.db"
+    with State.open(path) as daemon, State.open(path) as agentctl:
+        assert daemon.changed_elsewhere()  # the first look reads everything
+        assert not daemon.changed_elsewhere()
+        daemon.control.set_flag("resumed", "1", 1.0)
+        assert not daemon.changed_elsewhere()
+        agentctl.control.set_flag("paused", "operator", 2.0)
+        assert daemon.changed_elsewhere()
+        assert not daemon.changed_elsewhere()

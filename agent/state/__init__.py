@@ -68,6 +68,7 @@ class State:
         self.ledger = SqliteLedger(database, self.sessions)
         self.control = Control(database)
         self.queries = StatusQueries(database)
+        self._seen_version: int | None = None
 
     @classmethod
     def open(cls, path: Path, *, create: bool = True) -> State:
@@ -76,6 +77,15 @@ class State:
         Raise StateError if it cannot be opened, or does not exist and `create` is False.
         """
         return cls(Database.open(path, create=create))
+
+    def changed_elsewhere(self) -> bool:
+        """Whether another process committed to the database since the last call (True at
+        the first): what the daemon reads each tick only for other processes' requests
+        (pause, retry, rescan) is read again only then."""
+        version = self.database.data_version()
+        changed = version != self._seen_version
+        self._seen_version = version
+        return changed
 
     @property
     def path(self) -> Path:

@@ -241,6 +241,15 @@ class Database:
             except sqlite3.DatabaseError as error:
                 raise problem(self.path, error) from error
 
+    def data_version(self) -> int:
+        """SQLite's `PRAGMA data_version`: it changes when another connection (another
+        process: `agentctl pause`, `retry`, `rescan`) commits, never for this one's writes."""
+        with self.lock:
+            try:
+                return int(self.connection.execute("pragma data_version").fetchone()[0])
+            except sqlite3.DatabaseError as error:
+                raise problem(self.path, error) from error
+
     def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
         """Run one statement on the connection (inside a caller's transaction for writes)."""
         return self.connection.execute(sql, params)
