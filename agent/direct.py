@@ -225,7 +225,7 @@ class DirectSender:
         if reason is not None or target is None:
             log.debug("direct_requests_unused", reason=reason)
             return None
-        if _proxied(client, target):
+        if _proxied(target):
             log.debug("direct_requests_unused", reason="a proxy is configured")
             return None
         context = None
@@ -526,7 +526,7 @@ def _put_object_url(client: S3Client, bucket: str, key: str) -> str | None:
     return seen[0] if seen else None
 
 
-def _proxied(client: S3Client, target: Target) -> bool:
+def _proxied(target: Target) -> bool:
     """Whether a proxy from the environment applies to the endpoint."""
     proxies = urllib.request.getproxies()
     if target.scheme not in proxies:
