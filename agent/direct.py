@@ -200,65 +200,6 @@ class DirectSender:
         self._declines: dict[str, int] = {}
         self.enabled = True
 
-    # --- building one ---------------------------------------------------------------------
-
-    @classmethod
-    def for_client(
-        cls,
-        client: S3Client,
-        bucket: str,
-        *,
-        connect_timeout: float,
-        read_timeout: float,
-        max_idle: int,
-    ) -> DirectSender | None:
-        """A sender for `bucket` as `client` reaches it, or None where this module would not
-        send what botocore sends (another signature version, no credentials, a proxy, TLS
-        verification turned off); the reason is logged at debug level."""
-        reason = _unsupported(client)
-        target = None
-        if reason is None:
-            probe = "ingest-agent-probe"
-            url = _put_object_url(client, bucket, probe)
-            target = Target.from_url(url, probe) if url is not None else None
-            reason = None if target is not None else f"endpoint not understood: {url}"
-        if reason is not None or target is None:
-            log.debug("direct_requests_unused", reason=reason)
-            return None
-        if _proxied(target):
-            log.debug("direct_requests_unused", reason="a proxy is configured")
-            return None
-        context = None
-        if target.scheme == "https":
-            verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
-            verify = getattr(verify, "_verify", True)
-            if verify is False:
-                log.debug("direct_requests_unused", reason="TLS verification is off")
-                return None
-            try:
-                context = ssl.create_default_context(
-                    cafile=verify if isinstance(verify, str) else _default_ca_bundle()
-                )
-            except (OSError, ssl.SSLError) as error:
-                # botocore reports it on every request, as it always did: the daemon stays up.
-                log.debug("direct_requests_unused", reason=f"CA bundle: {error}")
-                return None
-        signer_credentials = client._request_signer._credentials  # type: ignore[attr-defined]
-
-        def credentials() -> tuple[str, str, str | None]:
-            frozen = signer_credentials.get_frozen_credentials()
-            return frozen.access_key, frozen.secret_key, frozen.token
-
-        return cls(
-            target,
-            str(client.meta.region_name),
-            credentials,
-            connect_timeout=connect_timeout,
-            read_timeout=read_timeout,
-            max_idle=max_idle,
-            ssl_context=context,
-        )
-
     # --- the requests -----------------------------------------------------------------------
 
     def put_object(
@@ -476,6 +417,62 @@ class DirectSender:
         )
         self._signing = (current, config)
         return config
+
+
+def sender_for(
+    client: S3Client,
+    bucket: str,
+    *,
+    connect_timeout: float,
+    read_timeout: float,
+    max_idle: int,
+) -> DirectSender | None:
+    """A direct sender for `bucket` as `client` reaches it, or None where this module would
+    not send what botocore sends (another signature version, no credentials, a proxy, TLS
+    verification turned off); the reason is logged at debug level."""
+    reason = _unsupported(client)
+    target = None
+    if reason is None:
+        probe = "ingest-agent-probe"
+        url = _put_object_url(client, bucket, probe)
+        target = Target.from_url(url, probe) if url is not None else None
+        reason = None if target is not None else f"endpoint not understood: {url}"
+    if reason is not None or target is None:
+        log.debug("direct_requests_unused", reason=reason)
+        return None
+    if _proxied(target):
+        log.debug("direct_requests_unused", reason="a proxy is configured")
+        return None
+    context = None
+    if target.scheme == "https":
+        verify = getattr(getattr(client, "_endpoint", None), "http_session", None)
+        verify = getattr(verify, "_verify", True)
+        if verify is False:
+            log.debug("direct_requests_unused", reason="TLS verification is off")
+            return None
+        try:
+            context = ssl.create_default_context(
+                cafile=verify if isinstance(verify, str) else _default_ca_bundle()
+            )
+        except (OSError, ssl.SSLError) as error:
+            # botocore reports it on every request, as it always did: the daemon stays up.
+            log.debug("direct_requests_unused", reason=f"CA bundle: {error}")
+            return None
+    signer_credentials = client._request_signer._credentials  # type: ignore[attr-defined]
+
+    def credentials() -> tuple[str, str, str | None]:
+        frozen = signer_credentials.get_frozen_credentials()
+        return frozen.access_key, frozen.secret_key, frozen.token
+
+    return DirectSender(
+        target,
+        str(client.meta.region_name),
+        credentials,
+        connect_timeout=connect_timeout,
+        read_timeout=read_timeout,
+        max_idle=max_idle,
+        ssl_context=context,
+    )
 
 
 def _unsupported(client: S3Client) -> str | None:

@@ -22,7 +22,7 @@ from botocore.config import Config
 
 from agent.checksums import S3_ALGORITHM_NAMES, RunningChecksum
 from agent.config import DestinationSettings, UploadSettings
-from agent.direct import Declined, DirectSender, headers_for
+from agent.direct import Declined, DirectSender, headers_for, sender_for
 from agent.errors import NoSuchUploadError, TransferError
 from agent.redact import SECRETS
 from agent.s3errors import (
@@ -635,7 +635,7 @@ def store_from_settings(
         extra["ACL"] = destination.acl
     client = make_client(destination, upload)
     direct = (
-        DirectSender.for_client(
+        sender_for(
             client,
             destination.bucket,
             connect_timeout=upload.connect_timeout,

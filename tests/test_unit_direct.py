@@ -16,7 +16,7 @@ from botocore.config import Config
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.direct import DirectSender, Target, client_error, headers_for, quote_key
+from agent.direct import DirectSender, Target, client_error, headers_for, quote_key, sender_for
 from agent.errors import NoSuchUploadError, RetryableTransferError
 from agent.s3errors import PreconditionFailedError, classify_error
 
@@ -49,7 +49,7 @@ def presigned_path(s3: Any, bucket: str, key: str) -> str:
 @pytest.mark.parametrize("key", ODD_KEYS)
 def test_a_key_is_written_in_the_path_as_botocore_writes_it(key: str) -> None:
     s3 = client("http://127.0.0.1:9", s3={"addressing_style": "path"})
-    sender = DirectSender.for_client(s3, "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
+    sender = sender_for(s3, "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
     assert sender is not None
     assert sender.target.base_path + quote_key(key) == presigned_path(s3, "bucket", key)
 
@@ -61,7 +61,7 @@ def test_any_key_is_quoted_as_botocore_quotes_it(key: str) -> None:
 
 
 def test_the_target_follows_botocores_addressing() -> None:
-    path_style = DirectSender.for_client(
+    path_style = sender_for(
         client("http://127.0.0.1:9", s3={"addressing_style": "path"}),
         "bucket",
         connect_timeout=1,
@@ -70,7 +70,7 @@ def test_the_target_follows_botocores_addressing() -> None:
     )
     assert path_style is not None
     assert path_style.target == Target("http", "127.0.0.1:9", "/bucket/")
-    aws = DirectSender.for_client(client(), "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
+    aws = sender_for(client(), "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
     assert aws is not None
     assert aws.target == Target("https", "bucket.s3.eu-west-1.amazonaws.com", "/")
     assert Target.from_url("http://host/bucket/other?x=1", "probe") is None
@@ -121,7 +121,7 @@ def test_no_sender_where_it_would_not_send_what_botocore_sends(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     def sender(s3: Any) -> DirectSender | None:
-        return DirectSender.for_client(s3, "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
+        return sender_for(s3, "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
 
     assert sender(client(signature_version="s3")) is None
     assert sender(client(proxies={"https": "http://proxy:3128"})) is None
@@ -141,7 +141,7 @@ def test_no_sender_where_it_would_not_send_what_botocore_sends(
 
 def path_sender(now: Any = None, **config: Any) -> DirectSender:
     s3 = client("http://127.0.0.1:9", s3={"addressing_style": "path"}, **config)
-    sender = DirectSender.for_client(s3, "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
+    sender = sender_for(s3, "bucket", connect_timeout=1, read_timeout=1, max_idle=1)
     assert sender is not None
     if now is not None:
         sender._now = now
@@ -186,7 +186,7 @@ def test_a_ca_bundle_that_cannot_be_read_leaves_the_requests_to_botocore() -> No
         aws_secret_access_key="secret",
         verify="/nonexistent/ca-bundle.pem",
     )
-    assert DirectSender.for_client(s3, "b", connect_timeout=1, read_timeout=1, max_idle=1) is None
+    assert sender_for(s3, "b", connect_timeout=1, read_timeout=1, max_idle=1) is None
 
 
 def test_an_error_in_s3s_namespace_keeps_its_code() -> None:
