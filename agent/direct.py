@@ -48,6 +48,7 @@ from awscrt import http as crt_http
 from botocore.awsrequest import AWSResponse, HTTPHeaders
 
 from agent import __version__
+from agent.checksums import S3_ALGORITHM_NAMES
 from agent.throttle import Interrupted, ThrottledBody
 
 if TYPE_CHECKING:
@@ -81,9 +82,8 @@ _HEADER_ARGUMENTS = {
     "ACL": "x-amz-acl",
     "IfNoneMatch": "If-None-Match",
     "IfMatch": "If-Match",
-    "ChecksumCRC32C": "x-amz-checksum-crc32c",
-    "ChecksumCRC32": "x-amz-checksum-crc32",
-    "ChecksumSHA256": "x-amz-checksum-sha256",
+    # The checksums the agent sends: ChecksumCRC32C → x-amz-checksum-crc32c, and so on.
+    **{f"Checksum{name}": f"x-amz-checksum-{name.lower()}" for name in S3_ALGORITHM_NAMES.values()},
 }
 # Arguments the request line or body carry, not a header.
 _CARRIED_ARGUMENTS = frozenset({"Bucket", "Key", "UploadId", "PartNumber", "ContentLength"})
