@@ -272,3 +272,25 @@ def test_answers_this_module_cannot_judge_are_declined_and_not_kept(answer: byte
         assert sender._idle.qsize() == (1 if answer.startswith(b"HTTP/1.1 200") else 0)
     finally:
         server.stop()
+
+
+def test_a_server_without_conditional_puts_is_answered_on_the_direct_path(
+    make_rig: Callable[..., Rig], s3: S3TestServer, client: Any
+) -> None:
+    """501 NotImplemented to If-None-Match is the server's verdict: the header is dropped,
+    said once, and the write goes again without it, direct both times."""
+    rig = make_rig()
+    store = store_of(rig)
+    s3.faults.append(Fault("PutObject", 501, "NotImplemented", 1))
+
+    with structlog.testing.capture_logs() as logs:
+        store.put("k/plain", b"p" * 10, metadata={}, only_if_absent=True)
+
+    assert [e["event"] for e in logs].count("conditional_writes_unsupported") == 1
+    assert store.conditional_writes is False
+    sent = writes(s3)
+    assert [(r.status, r.direct, "if-none-match" in r.headers) for r in sent] == [
+        (501, True, True),
+        (200, True, False),
+    ]
+    assert client.get_object(Bucket=rig.bucket, Key="k/plain")["Body"].read() == b"p" * 10
