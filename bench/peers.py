@@ -199,6 +199,10 @@ def serve_moto(host: str) -> None:
     )
     from werkzeug.serving import make_server  # noqa: PLC0415
 
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.s3server import list_moto_modules_once  # noqa: PLC0415
+
+    list_moto_modules_once()
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     application = DomainDispatcherApplication(create_backend_app)
     server = make_server(host, 0, application, threaded=True, request_handler=MotoRequestHandler)
