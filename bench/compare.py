@@ -19,8 +19,9 @@ the median is reported. Per tool:
 The server (moto, one Python process, by default) shares the machine's cores with the
 client, so wall time says as much about the server as about the tool: client CPU per GB is
 the primary figure, and wall is given as a ratio to the fastest peer in the same repeat.
-Every upload is checked against the bucket's listing; a tool that fails or leaves files out
-is reported as failed, with its log under `bench/results/logs/`.
+Every upload is checked against the bucket's listing (an incremental run on the session it
+added); a tool that fails or leaves files out is reported as failed, with its log under
+`bench/results/logs/`.
 
 Usage: python bench/compare.py [--scale 0.25] [--repeat 3] [--endpoint URL] [--idle 60]
        [--latency-sessions 5] [--quiet 2] [--growing-rate 50] [--no-profile] [--out DIR]
@@ -58,6 +59,7 @@ from harness import (
     Run,
     Server,
     Tree,
+    new_session_dir,
     new_session_plan,
     reference_plan,
     small_plan,
@@ -103,7 +105,8 @@ def incremental_phase(context: Context, files: int, repeats: int) -> list[Run]:
         new = write_files(root, new_session_plan(repeat), stamp)
         tree = Tree(root, tree.files + new.files, tree.bytes + new.bytes)
         for tool in rotation(context.tools, repeat):
-            runs.append(context.run(tool, jobs[tool], tree, "incremental", repeat))
+            added = (new_session_dir(repeat), new)
+            runs.append(context.run(tool, jobs[tool], tree, "incremental", repeat, added=added))
     context.server.discard([job.bucket for job in jobs.values()])
     return runs
 
@@ -408,9 +411,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=0.25, help="1.0 is the 1.36 GB tree")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--endpoint", help="an S3 server to use instead of starting moto")
-    parser.add_argument("--incremental-files", type=int, default=20_000, help="scaled too")
+    # The sizes, whatever --scale: --scale shrinks the reference tree only. Scaled
+    # down with it (5,000 files at 0.25), the incremental measured what a peer pays for a
+    # small bucket, which flatters every tool whose cost grows with what was uploaded before.
+    parser.add_argument("--incremental-files", type=int, default=20_000, help="not scaled")
     parser.add_argument("--idle", type=float, default=60.0, help="seconds; 0 skips it")
-    parser.add_argument("--idle-files", type=int, default=100_000, help="scaled too")
+    parser.add_argument("--idle-files", type=int, default=100_000, help="not scaled")
     parser.add_argument("--tools", default=",".join(peers.TOOLS), help="comma-separated")
     parser.add_argument("--latency-sessions", type=int, default=5, help="0 skips it")
     parser.add_argument("--quiet", type=float, default=2.0, help="latency, growing: seconds")
@@ -506,8 +512,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for old in logs.iterdir():
         old.unlink()
     scale = arguments.scale
-    small = max(NEW_SESSION_FILES, round(arguments.incremental_files * scale))
-    idle_files = max(1000, round(arguments.idle_files * scale))
+    small = max(NEW_SESSION_FILES, arguments.incremental_files)
+    idle_files = max(1000, arguments.idle_files)
     phases: dict[str, float] = {}
     alone: dict[str, Any] = {}
     with working_directory(arguments.work) as work:

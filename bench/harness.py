@@ -83,11 +83,16 @@ def small_plan(files: int) -> list[tuple[str, int]]:
     return plan
 
 
+def new_session_dir(repeat: int) -> str:
+    """Given the repeat number, return the directory (relative, with a trailing slash) of the
+    new session the incremental figure adds."""
+    return f"new/run{repeat:02d}/"
+
+
 def new_session_plan(repeat: int) -> list[tuple[str, int]]:
     """Given the repeat number, return the new session the incremental figure adds."""
-    return [
-        (f"new/run{repeat:02d}/f{index:03d}.json", SMALL_SIZE) for index in range(NEW_SESSION_FILES)
-    ]
+    directory = new_session_dir(repeat)
+    return [(f"{directory}f{index:03d}.json", SMALL_SIZE) for index in range(NEW_SESSION_FILES)]
 
 
 def write_files(root: Path, plan: Sequence[tuple[str, int]], stamp: float) -> Tree:
@@ -410,8 +415,20 @@ class Context:
         state = self.work / "state" / bucket
         return peers.Job(tree.root, bucket, "", state, state.with_suffix(".toml"))
 
-    def run(self, tool: str, job: peers.Job, tree: Tree, phase: str, repeat: int) -> Run:
-        """Run one tool's sync of the job, measured and checked."""
+    def run(
+        self,
+        tool: str,
+        job: peers.Job,
+        tree: Tree,
+        phase: str,
+        repeat: int,
+        *,
+        added: tuple[str, Tree] | None = None,
+    ) -> Run:
+        """Run one tool's sync of the job, measured and checked: the bucket must hold the
+        whole tree, or, given `added` (a directory of the tree with a trailing slash, and
+        what it holds), everything in that directory. An incremental run is checked on what
+        it added: listing 20,000 objects after each one cost moto more than the runs."""
         environment = dict(os.environ)
         invocation = peers.invocation(tool, job, self.server.endpoint, self.bin_dir, environment)
         run = measure(
@@ -424,6 +441,8 @@ class Context:
             timeout=self.timeout,
         )
         prefix = f"{job.prefix}/{peers.AGENT_SOURCE}/" if job.prefix else f"{peers.AGENT_SOURCE}/"
+        if added is not None:
+            prefix, tree = prefix + added[0], added[1]
         result = checked(run, self.server, job.bucket, prefix, tree)
         state = "ok" if result.ok else f"FAILED ({result.error})"
         print(
