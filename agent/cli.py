@@ -65,10 +65,15 @@ def session_json(record: SessionRecord) -> dict[str, Any]:
     }
 
 
-def _print_config_error(error: ConfigError) -> None:
+def _print_config_error(error: ConfigError, config: str | None) -> None:
+    """Print every problem; one found after loading (a profile no AWS file holds, say) has no
+    file name of its own and is given the configuration file's."""
     print(f"configuration invalid ({len(error.problems)} problem(s)):", file=sys.stderr)
     for problem in error.problems:
-        print(f"  {problem}", file=sys.stderr)
+        if config and not problem.file:
+            print(f"  {dataclasses.replace(problem, file=config)}", file=sys.stderr)
+        else:
+            print(f"  {problem}", file=sys.stderr)
 
 
 def _settings(arguments: argparse.Namespace) -> Settings:
@@ -418,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(error, file=sys.stderr)
         return EXIT_FAILED
     except ConfigError as error:
-        _print_config_error(error)
+        _print_config_error(error, getattr(arguments, "config", None))
         return health.UNKNOWN if arguments.command == "status" else EXIT_CONFIG
     except StateError as error:
         print(f"state database: {error}", file=sys.stderr)

@@ -15,15 +15,15 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any, TypeVar, cast
 
-import boto3
 import botocore.exceptions
+import botocore.session
 import structlog
 from botocore.config import Config
 
 from agent.checksums import S3_ALGORITHM_NAMES, RunningChecksum
 from agent.config import DestinationSettings, UploadSettings
 from agent.direct import Declined, DirectSender, headers_for, sender_for
-from agent.errors import NoSuchUploadError, TransferError
+from agent.errors import ConfigError, ConfigProblem, NoSuchUploadError, TransferError
 from agent.redact import SECRETS
 from agent.s3errors import (
     NOT_IMPLEMENTED_CODES,
@@ -80,9 +80,14 @@ def _no_expect_for_single_puts(model: Any, params: dict[str, Any], **_: Any) -> 
 
 
 def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3Client:
-    """Build the boto3 S3 client for `destination`. Our own layer owns retries, and checksums
-    are only sent when we pass them (servers that reject the headers stay usable)."""
-    session = boto3.session.Session(profile_name=destination.profile)
+    """Build the botocore S3 client for `destination`. Our own layer owns retries, and
+    checksums are only sent when we pass them (servers that reject the headers stay usable).
+    Raise ConfigError if the configured profile is in no AWS config or credentials file.
+
+    botocore's own session, not boto3's: the same credential chain and profile, without
+    importing boto3 and s3transfer, which cost every `agentctl sync` about 60 ms of start-up
+    (measured: 375 ms against 317 ms from nothing to a client)."""
+    session = botocore.session.Session(profile=destination.profile)
     config = Config(
         retries={"total_max_attempts": 1, "mode": "standard"},
         connect_timeout=upload.connect_timeout,
@@ -93,19 +98,30 @@ def make_client(destination: DestinationSettings, upload: UploadSettings) -> S3C
         s3={"addressing_style": "path"} if destination.endpoint_url else None,
         user_agent_extra="ingest-agent",
     )
-    client: S3Client = session.client(
-        "s3",
-        endpoint_url=destination.endpoint_url,
-        region_name=destination.region,
-        config=config,
-    )
+    try:
+        client = cast(
+            "S3Client",
+            session.create_client(
+                "s3",
+                endpoint_url=destination.endpoint_url,
+                region_name=destination.region,
+                config=config,
+            ),
+        )
+        credentials = session.get_credentials()
+    except botocore.exceptions.ProfileNotFound as error:
+        message = (
+            f"{error}: add the profile to ~/.aws/config or ~/.aws/credentials (or the files "
+            "AWS_CONFIG_FILE and AWS_SHARED_CREDENTIALS_FILE name), or remove the key"
+        )
+        # The file is the one `agentctl` was given; it fills in an empty name.
+        raise ConfigError([ConfigProblem("", "destination.profile", message)]) from None
     # botocore asks for `100 Continue` before every file-like body: a round trip per small
     # file, only to learn early of a refusal. Single PUTs are below multipart_threshold, so
     # sending such a body in vain costs less than waiting on every one; parts keep it.
     client.meta.events.register_last("before-call.s3", _no_expect_for_single_puts)
     # The client resolved its credentials while being built (environment, profile, role):
     # whichever they are, they are masked in everything the agent logs or prints.
-    credentials = session.get_credentials()
     if credentials is not None:
         frozen = credentials.get_frozen_credentials()
         SECRETS.add([frozen.access_key, frozen.secret_key, frozen.token])

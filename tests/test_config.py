@@ -76,6 +76,53 @@ def test_check_config_cli_exits_2_with_every_problem(tmp_path: Path) -> None:
     assert "source[0].path" in result.stderr
 
 
+@pytest.mark.parametrize("command", ["sync", "run"])
+def test_a_profile_no_aws_file_holds_exits_2_naming_the_file_and_key(
+    tmp_path: Path, command: str
+) -> None:
+    """The profile is only looked up when the S3 client is built, after the file loaded:
+    this was a traceback (and, under systemd, a restart loop)."""
+    source = tmp_path / "recordings"
+    (source / "m1" / "s1").mkdir(parents=True)
+    (source / "m1" / "s1" / "a.bin").write_bytes(b"data")
+    config = write_config(
+        tmp_path / "agent.toml",
+        f"""
+[agent]
+state_dir = "{tmp_path / "state"}"
+[destination]
+bucket = "some-bucket"
+endpoint_url = "http://127.0.0.1:9"
+profile = "no-such-profile"
+[[source]]
+name = "rec"
+path = "{source}"
+session_depth = 2
+""",
+    )
+    empty = tmp_path / "aws"
+    empty.mkdir()
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "AWS_CONFIG_FILE": str(empty / "config"),
+        "AWS_SHARED_CREDENTIALS_FILE": str(empty / "credentials"),
+    }
+    result = subprocess.run(
+        [sys.executable, "-m", "agent", command, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+        env=environment,
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"{config}: destination.profile:" in result.stderr
+    assert "no-such-profile" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (source / "m1" / "s1" / "a.bin").read_bytes() == b"data"
+
+
 def test_missing_file_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="file not found"):
         load_settings(tmp_path / "absent.toml")
