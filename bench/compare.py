@@ -24,7 +24,8 @@ added); a tool that fails or leaves files out is reported as failed, with its lo
 `bench/results/logs/`.
 
 Usage: python bench/compare.py [--scale 0.25] [--repeat 3] [--endpoint URL] [--idle 60]
-       [--latency-sessions 5] [--quiet 2] [--growing-rate 50] [--no-profile] [--out DIR]
+       [--incremental-files 20000] [--idle-files 100000] [--latency-sessions 5]
+       [--quiet 2] [--growing-rate 50] [--no-profile] [--out DIR]
 """
 
 from __future__ import annotations
