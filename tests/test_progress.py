@@ -17,6 +17,7 @@ import termios
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import structlog
@@ -350,15 +351,24 @@ def test_sync_on_a_terminal_shows_a_live_bar_then_the_summary(
 
 @pytest.mark.slow
 def test_ctrl_c_stops_the_bar_where_it_was_and_leaves_a_fresh_line(
-    make_rig: Callable[..., Rig],
+    make_rig: Callable[..., Rig], client: Any
 ) -> None:
-    rig = make_rig(upload_extra='max_bandwidth = "2MiB"')
-    session = write_session(rig, "mouse5/s1", {f"c{n}.bin": os.urandom(MiB) for n in range(6)})
+    # About 8 s at 1 MiB/s: Ctrl-C comes at the first bar past 10 %, and must land well before
+    # the end even when the machine is busy (at 2 MiB/s and 6 MiB, a loaded CI run once saw
+    # the sync finish first).
+    rig = make_rig(upload_extra='max_bandwidth = "1MiB"', concurrency=2)
+    session = write_session(rig, "mouse5/s1", {f"c{n}.bin": os.urandom(MiB) for n in range(8)})
     age(session, 60)
 
-    code, stdout, terminal = run_on_terminal(
-        rig, "sync", interrupt_when=lambda text: re.search(r"\r *[1-9]\d%\|", text) is not None
-    )
+    shown_at_ctrl_c: list[str] = []
+
+    def past_ten_percent(text: str) -> bool:
+        if re.search(r"\r *[1-9]\d%\|", text) is None:
+            return False
+        shown_at_ctrl_c.append(text)
+        return True
+
+    code, stdout, terminal = run_on_terminal(rig, "sync", interrupt_when=past_ten_percent)
 
     assert code == 1
     assert stdout == ""  # interrupted: no summary
@@ -367,6 +377,21 @@ def test_ctrl_c_stops_the_bar_where_it_was_and_leaves_a_fresh_line(
     bars = [line for line in lines if re.match(r" *\d+%\|", line)]
     assert bars and not bars[-1].startswith("100%")  # the bar stopped where it was
     assert terminal.endswith("\n")
+
+    # Ctrl-C stopped the uploads too: the 2 files being sent were stopped and those queued
+    # dropped, instead of all of them sent to the end while the operator waited (and the bar
+    # went on). So S3 holds what the bar counted as done when Ctrl-C came, give or take the 2
+    # files being sent then. Nothing is lost: the next run sends the rest.
+    done_at_ctrl_c = int(re.findall(r"(\d+)/8 files", shown_at_ctrl_c[0])[-1])
+
+    def files_in_s3() -> int:
+        listed = client.list_objects_v2(Bucket=rig.bucket, Prefix=f"{rig.prefix}/")
+        return sum(item["Key"].endswith(".bin") for item in listed.get("Contents", []))
+
+    assert files_in_s3() <= done_at_ctrl_c + 2
+    again = rig.agentctl("sync")
+    assert again.returncode == 0, again.stderr
+    assert files_in_s3() == 8
 
 
 @pytest.mark.slow

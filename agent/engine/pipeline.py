@@ -154,7 +154,8 @@ class Pipeline:
         `outcome`. Stop taking units after the first error or a halt; wait for the units in
         flight either way. The producer's own Interrupted and TransferError end the pass the
         same way; anything else it raises propagates, and so does a StateDiskError of a
-        unit's send (once the units in flight are done)."""
+        unit's send (once the units in flight are done). A KeyboardInterrupt stops the units in
+        flight and drops those queued before it propagates."""
         lock = threading.Lock()
         halted = threading.Event()
 
@@ -175,6 +176,8 @@ class Pipeline:
         def finished(unit: Unit, future: Future[None]) -> None:
             slots.release()
             self.budget.release(unit.reserved)
+            if future.cancelled():  # dropped by a Ctrl-C, below: never sent
+                return
             error = future.exception()
             if error is None:
                 return
@@ -204,6 +207,14 @@ class Pipeline:
             except TransferError as error:
                 with lock:
                     outcome.errors.append(error)
+            except KeyboardInterrupt:
+                # Ctrl-C on `agentctl sync` (the daemon turns SIGINT into a stop instead).
+                # Leaving the pool would wait for every unit queued to be sent in full while
+                # the operator waits: the units in flight are told to stop, those queued are
+                # dropped. What S3 acknowledged is recorded; the next run sends the rest.
+                self.stop.set()
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
             finally:
                 close = getattr(iterator, "close", None)
                 if close is not None:
