@@ -3,6 +3,7 @@ streams, and end to end under a real pseudo-terminal against the S3 test server.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import io
 import json
@@ -16,7 +17,7 @@ import sys
 import termios
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -248,6 +249,22 @@ def test_line_view_logs_a_line_now_and_then_and_none_for_a_short_run() -> None:
 # --- end to end ---------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _sigint_for_children() -> Iterator[None]:
+    """SIGINT as the children started meanwhile should inherit it: deliverable, as for a
+    shell's foreground job. A test run started in the background by a shell without job
+    control (a CI runner, `cmd &` in a script) has SIGINT ignored, which children inherit
+    through exec, and Ctrl-C would never arrive. A handler (unlike "ignore") is reset to the
+    default by exec; the previous disposition is restored on leaving."""
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def run_on_terminal(
     rig: Rig,
     *arguments: str,
@@ -260,12 +277,13 @@ def run_on_terminal(
     send SIGINT (Ctrl-C) once it is true of what the terminal has received."""
     leader, follower = os.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "agent", *arguments, "--config", str(rig.config)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=follower,
-    )
+    with _sigint_for_children():
+        process = subprocess.Popen(
+            [sys.executable, "-m", "agent", *arguments, "--config", str(rig.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=follower,
+        )
     os.close(follower)
     received = bytearray()
     deadline = time.monotonic() + timeout
