@@ -194,16 +194,18 @@ def run_demo(sessions: int = 3, keep_running: bool = False) -> int:
         print(f"instrument folders: {ephys} (marker rule), {imaging} (quiet-period rule)")
         print(f"agent log (JSON lines): {log_path}\n")
 
-        daemon = Daemon(settings, stop=stop)
-        daemon_thread = threading.Thread(target=daemon.run, name="agent", daemon=True)
-        daemon_thread.start()
-        instrument = threading.Thread(
-            target=simulate_instrument, args=(ephys, imaging, sessions, stop), daemon=True
-        )
-        instrument.start()
-
+        # Opened (created) before the agent's thread starts: both creating the database at
+        # once raced (database is locked, here or in the agent's thread).
         state = State.open(settings.state_db_path)
         try:
+            daemon = Daemon(settings, stop=stop)
+            daemon_thread = threading.Thread(target=daemon.run, name="agent", daemon=True)
+            daemon_thread.start()
+            instrument = threading.Thread(
+                target=simulate_instrument, args=(ephys, imaging, sessions, stop), daemon=True
+            )
+            instrument.start()
+
             deadline = time.monotonic() + 120
             while not stop.is_set():
                 print(_render(state, sessions), flush=True)
